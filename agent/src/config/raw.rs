@@ -1,0 +1,74 @@
+//! The file format as written, with loose types (integers as i64, addresses and durations as
+//! strings) so that range and syntax errors are reported by `validate` with their path
+//! instead of as an opaque parse failure.
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub services: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: String,
+    pub address: String,
+    pub port: i64,
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub endpoints: Vec<RawEndpoint>,
+    pub health: Option<RawHealth>,
+    pub outlier: Option<RawOutlier>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpoint {
+    pub address: String,
+    pub port: i64,
+    pub weight: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<i64>,
+    pub unhealthy_threshold: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    pub consecutive_failures: Option<i64>,
+    pub base_ejection: Option<String>,
+    pub max_ejection_percent: Option<i64>,
+}
+
+pub fn parse(text: &str) -> Result<RawConfig, ConfigError> {
+    let has_content = text
+        .lines()
+        .map(str::trim)
+        .any(|line| !line.is_empty() && !line.starts_with('#') && line != "---");
+    if !has_content {
+        return Err(ConfigError::single(
+            "",
+            "the file is empty: expected a mapping with a `services` list",
+        ));
+    }
+    let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        // serde_path_to_error renders the root as ".".
+        let path = if path == "." { String::new() } else { path };
+        ConfigError::single(path, error.into_inner().to_string())
+    })
+}

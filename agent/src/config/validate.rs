@@ -1,0 +1,417 @@
+//! Raw file → validated `Config`, collecting every error with its field path.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    time::Duration,
+};
+
+use weft_common::maps;
+
+use super::{
+    Config, ConfigError, Endpoint, FieldError, HealthCheck, Outlier, Probe, Protocol, Service,
+    raw::{RawConfig, RawEndpoint, RawHealth, RawOutlier, RawService},
+};
+use crate::plan::maglev;
+
+const MAX_NAME_LEN: usize = 253;
+/// Endpoint weight when the file gives none (as Envoy's load_balancing_weight).
+const DEFAULT_WEIGHT: u16 = 1;
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let mut errors = Errors::default();
+    let mut services = Vec::with_capacity(raw.services.len());
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut frontends: HashMap<(IpAddr, u16, Protocol), usize> = HashMap::new();
+
+    for (index, raw_service) in raw.services.into_iter().enumerate() {
+        let path = format!("services[{index}]");
+        let name = raw_service.name.clone();
+        if let Some(first) = names.insert(name.clone(), index) {
+            names.insert(name.clone(), first);
+            errors.add(
+                format!("{path}.name"),
+                format!("duplicate service name {name:?} (first used by services[{first}])"),
+            );
+        }
+        let Some(service) = service(&path, raw_service, &mut errors) else {
+            continue;
+        };
+        let frontend = (service.address, service.port, service.protocol);
+        if let Some(&first) = frontends.get(&frontend) {
+            errors.add(
+                format!("{path}.address"),
+                format!(
+                    "{} port {}/{} is already the address of services[{first}]",
+                    service.address,
+                    service.port,
+                    service.protocol.as_str()
+                ),
+            );
+        } else {
+            frontends.insert(frontend, index);
+        }
+        services.push(service);
+    }
+
+    if errors.0.is_empty() {
+        check_capacity(&services, &mut errors);
+    }
+    if errors.0.is_empty() {
+        Ok(Config { services })
+    } else {
+        Err(ConfigError::Invalid(errors.0))
+    }
+}
+
+fn service(path: &str, raw: RawService, errors: &mut Errors) -> Option<Service> {
+    let before = errors.0.len();
+    check_name(&format!("{path}.name"), &raw.name, errors);
+    let address = address(&format!("{path}.address"), &raw.address, errors);
+    let port = port(&format!("{path}.port"), raw.port, errors);
+    let protocol = match raw.protocol.as_deref() {
+        None | Some("tcp") => Protocol::Tcp,
+        Some("udp") => Protocol::Udp,
+        Some(other) => {
+            errors.add(
+                format!("{path}.protocol"),
+                format!("unknown protocol {other:?}: expected tcp or udp"),
+            );
+            Protocol::Tcp
+        }
+    };
+    let mut endpoints = Vec::with_capacity(raw.endpoints.len());
+    let mut seen = HashMap::new();
+    for (index, raw_endpoint) in raw.endpoints.into_iter().enumerate() {
+        let path = format!("{path}.endpoints[{index}]");
+        if let Some(endpoint) = endpoint(&path, raw_endpoint, address, errors) {
+            if let Some(first) = seen.insert((endpoint.address, endpoint.port), index) {
+                errors.add(
+                    path,
+                    format!(
+                        "duplicate endpoint {} port {} (also endpoints[{first}])",
+                        endpoint.address, endpoint.port
+                    ),
+                );
+            }
+            endpoints.push(endpoint);
+        }
+    }
+    let health = health(&format!("{path}.health"), raw.health, protocol, errors);
+    let outlier = raw
+        .outlier
+        .and_then(|raw| outlier(&format!("{path}.outlier"), raw, errors));
+    if errors.0.len() != before {
+        return None;
+    }
+    Some(Service {
+        name: raw.name,
+        address: address?,
+        port: port?,
+        protocol,
+        endpoints,
+        health: health?,
+        outlier,
+    })
+}
+
+fn check_name(path: &str, name: &str, errors: &mut Errors) {
+    if name.is_empty() {
+        errors.add(path, "must not be empty");
+    } else if name.len() > MAX_NAME_LEN {
+        errors.add(path, format!("longer than {MAX_NAME_LEN} characters"));
+    } else if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')))
+    {
+        errors.add(
+            path,
+            format!("{name:?} contains {bad:?}: use letters, digits, '-', '_', '.', '/'"),
+        );
+    }
+}
+
+fn address(path: &str, text: &str, errors: &mut Errors) -> Option<IpAddr> {
+    match text.parse::<IpAddr>() {
+        Ok(addr) if addr.is_unspecified() => {
+            errors.add(path, format!("{text} is the unspecified address"));
+            None
+        }
+        Ok(addr) if addr.is_multicast() => {
+            errors.add(path, format!("{text} is a multicast address"));
+            None
+        }
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            errors.add(path, format!("{text:?} is not an IPv4 or IPv6 address"));
+            None
+        }
+    }
+}
+
+fn port(path: &str, value: i64, errors: &mut Errors) -> Option<u16> {
+    match u16::try_from(value) {
+        Ok(0) | Err(_) => {
+            errors.add(path, format!("{value} is out of range 1..=65535"));
+            None
+        }
+        Ok(port) => Some(port),
+    }
+}
+
+fn endpoint(
+    path: &str,
+    raw: RawEndpoint,
+    service_address: Option<IpAddr>,
+    errors: &mut Errors,
+) -> Option<Endpoint> {
+    let address = address(&format!("{path}.address"), &raw.address, errors);
+    if let (Some(endpoint), Some(service)) = (address, service_address)
+        && endpoint.is_ipv4() != service.is_ipv4()
+    {
+        errors.add(
+            format!("{path}.address"),
+            format!("{endpoint} is not of the service address's family ({service})"),
+        );
+    }
+    let port = port(&format!("{path}.port"), raw.port, errors);
+    let weight = match raw.weight {
+        None => Some(DEFAULT_WEIGHT),
+        Some(w) if w < 0 => {
+            errors.add(format!("{path}.weight"), format!("{w} is negative"));
+            None
+        }
+        Some(w) => match u16::try_from(w) {
+            Ok(w) => Some(w),
+            Err(_) => {
+                errors.add(format!("{path}.weight"), format!("{w} exceeds 65535"));
+                None
+            }
+        },
+    };
+    Some(Endpoint {
+        address: address?,
+        port: port?,
+        weight: weight?,
+    })
+}
+
+fn duration(path: &str, text: Option<&str>, default: Duration, errors: &mut Errors) -> Duration {
+    let Some(text) = text else {
+        return default;
+    };
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => {
+            errors.add(path, "must be greater than zero");
+            default
+        }
+        Ok(d) => d,
+        Err(e) => {
+            errors.add(
+                path,
+                format!("{text:?} is not a duration like 500ms or 2s ({e})"),
+            );
+            default
+        }
+    }
+}
+
+fn threshold(path: &str, value: Option<i64>, default: u32, errors: &mut Errors) -> u32 {
+    match value.map(u32::try_from) {
+        None => default,
+        Some(Ok(v)) if v >= 1 => v,
+        Some(_) => {
+            errors.add(
+                path,
+                format!("{} must be at least 1", value.unwrap_or_default()),
+            );
+            default
+        }
+    }
+}
+
+fn health(
+    path: &str,
+    raw: Option<RawHealth>,
+    protocol: Protocol,
+    errors: &mut Errors,
+) -> Option<HealthCheck> {
+    let before = errors.0.len();
+    let raw = raw.unwrap_or(RawHealth {
+        // UDP has no connect handshake to probe; a UDP service probes only when told how.
+        kind: Some(
+            if protocol == Protocol::Udp {
+                "none"
+            } else {
+                "tcp"
+            }
+            .into(),
+        ),
+        path: None,
+        interval: None,
+        timeout: None,
+        healthy_threshold: None,
+        unhealthy_threshold: None,
+    });
+    let probe = match (raw.kind.as_deref().unwrap_or("tcp"), raw.path) {
+        ("http", path) => {
+            let path = path.unwrap_or_else(|| "/".into());
+            Probe::Http { path }
+        }
+        (kind @ ("tcp" | "none"), Some(_)) => {
+            errors.add(
+                format!("{path}.path"),
+                format!("only an http probe has a path (kind is {kind})"),
+            );
+            Probe::None
+        }
+        ("tcp", None) => Probe::Tcp,
+        ("none", None) => Probe::None,
+        (other, _) => {
+            errors.add(
+                format!("{path}.kind"),
+                format!("unknown probe kind {other:?}: expected tcp, http or none"),
+            );
+            Probe::None
+        }
+    };
+    if let Probe::Http { path: http_path } = &probe
+        && !http_path.starts_with('/')
+    {
+        errors.add(
+            format!("{path}.path"),
+            format!("{http_path:?} must start with '/'"),
+        );
+    }
+    let interval = duration(
+        &format!("{path}.interval"),
+        raw.interval.as_deref(),
+        Duration::from_secs(1),
+        errors,
+    );
+    let timeout = duration(
+        &format!("{path}.timeout"),
+        raw.timeout.as_deref(),
+        Duration::from_millis(500).min(interval),
+        errors,
+    );
+    if timeout > interval {
+        errors.add(
+            format!("{path}.timeout"),
+            format!(
+                "{} is longer than the interval {}",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval)
+            ),
+        );
+    }
+    let healthy_threshold = threshold(
+        &format!("{path}.healthy_threshold"),
+        raw.healthy_threshold,
+        2,
+        errors,
+    );
+    let unhealthy_threshold = threshold(
+        &format!("{path}.unhealthy_threshold"),
+        raw.unhealthy_threshold,
+        2,
+        errors,
+    );
+    (errors.0.len() == before).then_some(HealthCheck {
+        probe,
+        interval,
+        timeout,
+        healthy_threshold,
+        unhealthy_threshold,
+    })
+}
+
+fn outlier(path: &str, raw: RawOutlier, errors: &mut Errors) -> Option<Outlier> {
+    let before = errors.0.len();
+    let consecutive_failures = threshold(
+        &format!("{path}.consecutive_failures"),
+        raw.consecutive_failures,
+        5,
+        errors,
+    );
+    let base_ejection = duration(
+        &format!("{path}.base_ejection"),
+        raw.base_ejection.as_deref(),
+        Duration::from_secs(30),
+        errors,
+    );
+    let max_ejection_percent = match raw.max_ejection_percent {
+        None => 50,
+        Some(p @ 0..=100) => p as u8,
+        Some(p) => {
+            errors.add(
+                format!("{path}.max_ejection_percent"),
+                format!("{p} is out of range 0..=100"),
+            );
+            50
+        }
+    };
+    (errors.0.len() == before).then_some(Outlier {
+        consecutive_failures,
+        base_ejection,
+        max_ejection_percent,
+    })
+}
+
+/// The kernel maps have fixed capacities; a config that cannot fit is rejected here, naming
+/// the limit, rather than failing half-way through installing it.
+fn check_capacity(services: &[Service], errors: &mut Errors) {
+    if services.len() > maps::SERVICES_CAPACITY as usize {
+        errors.add(
+            "services",
+            format!(
+                "{} services exceed the datapath's capacity of {} ({})",
+                services.len(),
+                maps::SERVICES_CAPACITY,
+                maps::SERVICES
+            ),
+        );
+    }
+    let distinct: HashSet<(IpAddr, u16)> = services
+        .iter()
+        .flat_map(|s| s.endpoints.iter().map(|e| (e.address, e.port)))
+        .collect();
+    if distinct.len() > maps::BACKENDS_CAPACITY as usize {
+        errors.add(
+            "services[*].endpoints",
+            format!(
+                "{} distinct endpoints exceed the datapath's capacity of {} ({})",
+                distinct.len(),
+                maps::BACKENDS_CAPACITY,
+                maps::BACKENDS
+            ),
+        );
+    }
+    let chunks = |s: &Service| maglev::chunks(maglev::table_size(s.endpoints.len()));
+    let total: u64 = services.iter().map(|s| u64::from(chunks(s))).sum();
+    // A reconcile builds one service's new table before it frees the old one.
+    let spare = services.iter().map(chunks).max().unwrap_or(0);
+    if total + u64::from(spare) > u64::from(maps::MAGLEV_CAPACITY) {
+        errors.add(
+            "services[*].endpoints",
+            format!(
+                "the services' lookup tables need {} entries (plus {spare} spare), over the datapath's capacity of {} ({})",
+                total,
+                maps::MAGLEV_CAPACITY,
+                maps::MAGLEV
+            ),
+        );
+    }
+}

@@ -1,0 +1,41 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(
+        "this weft binary was built without its kernel programs; build it with `cargo xtask build`"
+    )]
+    NoObject,
+    #[error("{} is not on a BPF filesystem (mount one with `mount -t bpf bpf /sys/fs/bpf`)", .0.display())]
+    NotBpffs(PathBuf),
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("loading the kernel object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("program {program}: {source}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("pinned link {}: {source}", path.display())]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("map {map} is missing from the kernel object")]
+    MissingMap { map: &'static str },
+    #[error("no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo)")]
+    NoCgroup2,
+}

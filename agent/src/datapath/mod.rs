@@ -1,0 +1,110 @@
+//! The datapath: sole owner of weft's kernel programs, links and maps — the only module that
+//! imports aya. It loads and attaches (or adopts what is pinned), and writes the maps in
+//! commit order from the planner's changes.
+
+mod attach;
+mod error;
+mod fs;
+mod maps;
+mod reset;
+
+use std::path::{Path, PathBuf};
+
+use aya::{Ebpf, EbpfLoader};
+use tracing::{info, warn};
+
+pub use error::DatapathError;
+pub use fs::discover_cgroup2_root;
+pub use reset::{ResetReport, reset};
+
+use crate::plan::{Changes, Installed};
+
+/// The kernel object built by `cargo xtask build` (empty if built otherwise).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft-ebpf.o"));
+
+pub struct Options {
+    pub bpffs_dir: PathBuf,
+    pub cgroup: PathBuf,
+}
+
+/// What one `apply` did.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    pub services_written: usize,
+    pub services_removed: usize,
+    pub backends_added: usize,
+    pub backends_removed: usize,
+    /// Services whose new table could not be installed; their previous table keeps serving.
+    pub failures: Vec<String>,
+}
+
+pub struct Datapath {
+    maps: maps::Maps,
+    installed: Installed,
+    /// Holds the programs (and the links it manages) for the agent's lifetime.
+    _ebpf: Ebpf,
+    pub attachments: Vec<attach::Attachment>,
+}
+
+impl Datapath {
+    /// Loads the programs, attaches them to the cgroup or adopts the pinned links of an earlier
+    /// agent (swapping in the new programs atomically), and reads back what the maps hold.
+    pub fn open(options: &Options) -> Result<Datapath, DatapathError> {
+        if OBJECT.is_empty() {
+            return Err(DatapathError::NoObject);
+        }
+        fs::raise_memlock_limit();
+        let layout = fs::Layout::create(&options.bpffs_dir)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&layout.maps)
+            .load(OBJECT)
+            .map_err(|source| DatapathError::Load(Box::new(source)))?;
+        let attachments = attach::attach_all(&mut ebpf, &options.cgroup, &layout.links)?;
+        for attachment in &attachments {
+            info!(
+                program = attachment.program,
+                adopted = attachment.adopted,
+                "program attached"
+            );
+        }
+        let mut maps = maps::Maps::take(&mut ebpf)?;
+        let installed = maps.read_installed()?;
+        let orphans = maps.delete_orphan_tables(&installed)?;
+        if orphans > 0 {
+            warn!(
+                orphans,
+                "removed table chunks no service referenced (earlier agent stopped mid-update)"
+            );
+        }
+        info!(
+            services = installed.services.len(),
+            backends = installed.backends.len(),
+            "adopted installed state"
+        );
+        Ok(Datapath {
+            maps,
+            installed,
+            _ebpf: ebpf,
+            attachments,
+        })
+    }
+
+    pub fn installed(&self) -> &Installed {
+        &self.installed
+    }
+
+    /// Applies changes in commit order. A service whose table cannot be written keeps its
+    /// previous one (reported in `failures`); everything else still applies.
+    pub fn apply(&mut self, changes: Changes) -> ApplyReport {
+        self.maps.apply(&mut self.installed, changes)
+    }
+}
+
+/// Where a bpffs directory keeps maps and links.
+pub fn maps_dir(bpffs_dir: &Path) -> PathBuf {
+    bpffs_dir.join("maps")
+}
+
+pub fn links_dir(bpffs_dir: &Path) -> PathBuf {
+    bpffs_dir.join("links")
+}

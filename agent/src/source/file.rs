@@ -1,0 +1,103 @@
+//! The config file as a source: watched with inotify (its directory, so editors' atomic
+//! renames and Kubernetes ConfigMap symlink swaps are seen) plus a metadata poll as a fallback
+//! for filesystems without inotify. Each change that alters the file's bytes yields the
+//! parsed and validated config, or the reason it was rejected.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::config::{Config, ConfigError};
+
+/// Settling time after an event: editors write in several steps.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+const POLL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+#[error("watching {}: {source}", path.display())]
+pub struct WatchError {
+    path: PathBuf,
+    source: notify::Error,
+}
+
+/// Starts watching `path`; `current` holds the bytes already applied, so only real changes
+/// are reported.
+pub fn watch(
+    path: PathBuf,
+    current: Vec<u8>,
+) -> Result<mpsc::Receiver<Result<Config, ConfigError>>, WatchError> {
+    let (event_tx, mut events) = mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |_event| {
+        let _ = event_tx.send(());
+    })
+    .map_err(|source| WatchError {
+        path: path.clone(),
+        source,
+    })?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|source| WatchError {
+            path: dir.clone(),
+            source,
+        })?;
+
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        // Owned by the task: dropping it would stop the events.
+        let _watcher = watcher;
+        let mut last_bytes = current;
+        let mut last_meta = metadata_stamp(&path);
+        let mut poll = tokio::time::interval(POLL);
+        loop {
+            tokio::select! {
+                event = events.recv() => {
+                    if event.is_none() { break; }
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while events.try_recv().is_ok() {}
+                }
+                _ = poll.tick() => {
+                    let stamp = metadata_stamp(&path);
+                    if stamp == last_meta { continue; }
+                }
+            }
+            last_meta = metadata_stamp(&path);
+            let bytes = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(source) => {
+                    warn!(path = %path.display(), error = %source, "config file unreadable");
+                    continue;
+                }
+            };
+            if bytes == last_bytes {
+                continue;
+            }
+            debug!(path = %path.display(), "config file changed");
+            last_bytes = bytes;
+            let parsed = String::from_utf8(last_bytes.clone())
+                .map_err(|_| ConfigError::single("", "the file is not UTF-8 text"))
+                .and_then(|text| Config::parse(&text));
+            if tx.send(parsed).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// What the poll compares: cheap to read, changes whenever the file does.
+fn metadata_stamp(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
+}

@@ -1,0 +1,131 @@
+//! Map keys, values and limits shared by the kernel programs and the agent.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding and plain integers: these structs
+//! are the contract between the two halves. Map names carry a layout version; a layout change
+//! must bump it so a new agent creates new maps instead of misreading pinned old ones.
+#![no_std]
+
+/// Address family tags used in keys (not AF_* numbers: kept small and explicit).
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Map names (at most 15 bytes: the kernel's object-name limit) and their capacities.
+pub mod maps {
+    pub const SERVICES: &str = "WEFT_SERVICE_V1";
+    pub const BACKENDS: &str = "WEFT_BACKEND_V1";
+    pub const MAGLEV: &str = "WEFT_MAGLEV_V1";
+    pub const REVNAT: &str = "WEFT_REVNAT_V1";
+
+    /// Services (address, port, protocol) the kernel translates.
+    pub const SERVICES_CAPACITY: u32 = 65_536;
+    /// Distinct endpoints over all services.
+    pub const BACKENDS_CAPACITY: u32 = 262_144;
+    /// Maglev table chunks (`MAGLEV_CHUNK` slots each) over all services, including the
+    /// one spare table a reconcile builds before publishing it.
+    pub const MAGLEV_CAPACITY: u32 = 524_288;
+    /// Translated sockets whose peer address the kernel remembers for recvmsg/getpeername.
+    pub const REVNAT_CAPACITY: u32 = 131_072;
+}
+
+/// Flag for hash maps whose elements are allocated on insert: memory follows use, and a
+/// reader never sees an element recycled under it while the agent replaces it.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// An IP address as the kernel's sockaddr hooks see it: four 32-bit words, each holding
+/// four bytes in network order (so `u32::from_ne_bytes(octets)`). IPv4 uses word 0 only.
+pub type Addr = [u32; 4];
+
+/// Key of `WEFT_SERVICE_V1`: one service frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ServiceKey {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub protocol: u8,
+    pub family: u8,
+}
+
+/// Value of `WEFT_SERVICE_V1`. Rewriting this one value is how a new Maglev table is
+/// published: readers follow `table_id` to the table that is complete at that instant.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceValue {
+    /// Stable id of the service, for statistics.
+    pub service_id: u32,
+    /// Key prefix of this service's current table in `WEFT_MAGLEV_V1`.
+    pub table_id: u32,
+    /// Slots in the table (a prime M); 0 means no usable endpoint: refuse connects.
+    pub table_size: u32,
+    pub flags: u32,
+}
+
+/// Value of `WEFT_BACKEND_V1`, keyed by a u32 backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Backend {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+
+/// Slots per element of `WEFT_MAGLEV_V1`: a table of M slots spans ceil(M / 64) elements,
+/// so kernel memory follows the tables actually installed.
+pub const MAGLEV_CHUNK: u32 = 64;
+
+/// Key of `WEFT_MAGLEV_V1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct MaglevKey {
+    pub table_id: u32,
+    pub chunk: u32,
+}
+
+/// Value of `WEFT_MAGLEV_V1`: backend ids of 64 consecutive slots.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevChunk {
+    pub backends: [u32; MAGLEV_CHUNK as usize],
+}
+
+/// Key of `WEFT_REVNAT_V1`: a translated socket and the endpoint it was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RevNatKey {
+    pub cookie: u64,
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Value of `WEFT_REVNAT_V1`: the service address the application asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RevNatValue {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub _pad: u16,
+    pub service_id: u32,
+    pub backend_id: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C) structs of plain integers with explicit padding fields.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for MaglevKey {}
+    unsafe impl aya::Pod for MaglevChunk {}
+    unsafe impl aya::Pod for RevNatKey {}
+    unsafe impl aya::Pod for RevNatValue {}
+}

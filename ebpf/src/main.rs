@@ -1,0 +1,64 @@
+//! weft's kernel programs. One module per hook family; backend selection lives in `select`.
+#![no_std]
+#![no_main]
+
+mod addr;
+mod maps;
+mod reverse;
+mod select;
+mod sock_addr;
+
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+
+// Function names differ from their section names on purpose: bpf-linker mis-links a
+// function named like its section (see DESIGN.md).
+
+#[cgroup_sock_addr(connect4)]
+pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
+    sock_addr::forward(&ctx, addr::Family::V4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn weft_connect6(ctx: SockAddrContext) -> i32 {
+    sock_addr::forward(&ctx, addr::Family::V6)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn weft_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_addr::forward(&ctx, addr::Family::V4)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn weft_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock_addr::forward(&ctx, addr::Family::V6)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn weft_recvmsg4(ctx: SockAddrContext) -> i32 {
+    reverse::translate_back(&ctx, addr::Family::V4)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn weft_recvmsg6(ctx: SockAddrContext) -> i32 {
+    reverse::translate_back(&ctx, addr::Family::V6)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn weft_getpeer4(ctx: SockAddrContext) -> i32 {
+    reverse::translate_back(&ctx, addr::Family::V4)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn weft_getpeer6(ctx: SockAddrContext) -> i32 {
+    reverse::translate_back(&ctx, addr::Family::V6)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,26 @@
+//! The maps the kernel programs share with the agent. Layouts live in `weft-common`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap},
+};
+use weft_common::{
+    BPF_F_NO_PREALLOC, Backend, MaglevChunk, MaglevKey, RevNatKey, RevNatValue, ServiceKey,
+    ServiceValue, maps,
+};
+
+#[map(name = "WEFT_SERVICE_V1")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::pinned(maps::SERVICES_CAPACITY, BPF_F_NO_PREALLOC);
+
+#[map(name = "WEFT_BACKEND_V1")]
+pub static BACKENDS: HashMap<u32, Backend> =
+    HashMap::pinned(maps::BACKENDS_CAPACITY, BPF_F_NO_PREALLOC);
+
+#[map(name = "WEFT_MAGLEV_V1")]
+pub static MAGLEV: HashMap<MaglevKey, MaglevChunk> =
+    HashMap::pinned(maps::MAGLEV_CAPACITY, BPF_F_NO_PREALLOC);
+
+#[map(name = "WEFT_REVNAT_V1")]
+pub static REVNAT: LruHashMap<RevNatKey, RevNatValue> =
+    LruHashMap::pinned(maps::REVNAT_CAPACITY, 0);

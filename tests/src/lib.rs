@@ -1,0 +1,1 @@
+//! Helpers for weft's privileged end-to-end tests.

@@ -1,0 +1,36 @@
+//! Developer and operator tasks: setup, build, run (build-and-load), test.
+mod build;
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, load and test weft")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing (pinned toolchain with rust-src, bpf-linker, bpffs); idempotent.
+    Setup,
+    /// Build the kernel object (always release) and the agent with the object embedded.
+    Build(build::Options),
+    /// Build, then run `weft agent` as root on weft.yaml (or the arguments after `--`).
+    Run(run::Options),
+    /// Run unit tests and the privileged end-to-end tests.
+    Test(test::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run().map(|_| ()),
+        Command::Build(opts) => build::run(&opts).map(|_| ()),
+        Command::Run(opts) => run::run(&opts),
+        Command::Test(opts) => test::run(&opts),
+    }
+}
