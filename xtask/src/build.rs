@@ -16,6 +16,8 @@ pub struct Options {
 
 pub struct Built {
     pub agent: PathBuf,
+    /// The kernel object, for cargo calls that rebuild the agent crate.
+    pub object: PathBuf,
     /// The PATH with bpf-linker's directory in front, for later cargo calls.
     pub path_env: std::ffi::OsString,
 }
@@ -41,6 +43,7 @@ pub fn run(opts: &Options) -> Result<Built> {
     let profile = if opts.release { "release" } else { "debug" };
     Ok(Built {
         agent: target_dir(&root).join(profile).join("weft"),
+        object,
         path_env: path,
     })
 }

@@ -1,6 +1,50 @@
+//! `cargo xtask test`: style checks, unit and property tests, then the privileged
+//! end-to-end tests against the real kernel (one at a time: they share the machine's
+//! cgroups and BPF state).
+
+use std::process::Command;
+
 use anyhow::Result;
+
+use crate::{build, util};
+
 #[derive(clap::Args)]
-pub struct Options {}
-pub fn run(_opts: &Options) -> Result<()> {
-    Ok(())
+pub struct Options {
+    /// Only run tests whose name contains this.
+    filter: Option<String>,
+    /// Skip `cargo fmt --check` and clippy.
+    #[arg(long)]
+    no_lint: bool,
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    let built = build::run(&build::Options { release: true })?;
+    let root = util::workspace_root();
+    let cargo = |args: &[&str]| {
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(&root)
+            .args(args)
+            .env("PATH", &built.path_env)
+            .env("WEFT_BIN", &built.agent)
+            .env("WEFT_EBPF_OBJECT", &built.object);
+        cmd
+    };
+    if !opts.no_lint {
+        util::run(&mut cargo(&["fmt", "--all", "--", "--check"]))?;
+        util::run(&mut cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    let filter: Vec<&str> = opts.filter.as_deref().into_iter().collect();
+    let mut unit = cargo(&["test", "--workspace", "--exclude", "weft-tests"]);
+    unit.arg("--").args(&filter);
+    util::run(&mut unit)?;
+    let mut e2e = cargo(&["test", "--package", "weft-tests"]);
+    e2e.arg("--").args(&filter).arg("--test-threads=1");
+    util::run(&mut e2e)
 }

@@ -1,0 +1,152 @@
+//! The real `weft` binary, run in the test's network namespace and attached to its cgroup.
+
+use std::{
+    fs,
+    os::unix::process::CommandExt as _,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{Cgroup, NetNs};
+
+pub struct Agent {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub bpffs_dir: PathBuf,
+    cgroup: PathBuf,
+    netns_fd: i32,
+}
+
+/// The weft binary under test: `WEFT_BIN` (set by `cargo xtask test`) or the release build.
+pub fn weft_bin() -> PathBuf {
+    std::env::var_os("WEFT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/weft"))
+}
+
+impl Agent {
+    pub fn start(netns: &NetNs, cgroup: &Cgroup, config: &str) -> Agent {
+        let dir = std::env::temp_dir().join(format!("{}-agent", netns.name));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("creating agent dir");
+        let config_path = dir.join("weft.yaml");
+        fs::write(&config_path, config).expect("writing config");
+        let mut agent = Agent {
+            child: None,
+            log: dir.join("agent.log"),
+            config: config_path,
+            bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/{}", netns.name)),
+            dir,
+            cgroup: cgroup.path.clone(),
+            netns_fd: netns.raw_fd(),
+        };
+        agent.spawn();
+        agent.wait_for_log(0, "config applied", Duration::from_secs(60));
+        agent
+    }
+
+    /// Starts the process (again); the log is appended to.
+    pub fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("opening agent log");
+        let mut cmd = Command::new(weft_bin());
+        cmd.arg("agent")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--cgroup")
+            .arg(&self.cgroup)
+            .arg("--bpffs-dir")
+            .arg(&self.bpffs_dir)
+            .arg("--admin-socket")
+            .arg(self.dir.join("admin.sock"))
+            .args(["--log-format", "json"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        let netns_fd = self.netns_fd;
+        // SAFETY: setns is async-signal-safe; the fd stays open in the parent until exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self.child = Some(cmd.spawn().expect("starting weft agent"));
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Byte offset of the log's end, to wait for lines written after it.
+    pub fn log_mark(&self) -> usize {
+        self.log_text().len()
+    }
+
+    /// Waits until a log line after `mark` contains `needle`; panics with the log on timeout.
+    pub fn wait_for_log(&mut self, mark: usize, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.log_text();
+            if let Some(line) = text
+                .get(mark..)
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.contains(needle))
+            {
+                return line.to_string();
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("weft agent exited ({status}) before logging {needle:?}:\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the agent log within {timeout:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Rewrites the config file the way an editor or ConfigMap update would: atomically.
+    pub fn write_config(&self, config: &str) {
+        let tmp = self.dir.join(".weft.yaml.tmp");
+        fs::write(&tmp, config).expect("writing config");
+        fs::rename(&tmp, &self.config).expect("replacing config");
+    }
+
+    pub fn signal(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        child.wait().expect("waiting for agent")
+    }
+
+    pub fn reset(&self) -> std::process::Output {
+        Command::new(weft_bin())
+            .arg("reset")
+            .arg("--bpffs-dir")
+            .arg(&self.bpffs_dir)
+            .output()
+            .expect("running weft reset")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.signal(libc::SIGKILL);
+        }
+        let _ = self.reset();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
