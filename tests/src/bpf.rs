@@ -1,0 +1,99 @@
+//! Direct bpf(2) queries, independent of the agent: what is attached to a cgroup, and
+//! whether a program, link or map id still exists in the kernel.
+
+use std::{ffi::CString, os::unix::ffi::OsStrExt as _, path::Path};
+
+const BPF_PROG_QUERY: i64 = 16;
+const BPF_PROG_GET_FD_BY_ID: i64 = 13;
+const BPF_MAP_GET_FD_BY_ID: i64 = 14;
+const BPF_LINK_GET_FD_BY_ID: i64 = 30;
+
+/// The socket hooks weft attaches to, as bpf_attach_type numbers with their names.
+pub const SOCKET_HOOKS: [(u32, &str); 8] = [
+    (10, "connect4"),
+    (11, "connect6"),
+    (14, "sendmsg4"),
+    (15, "sendmsg6"),
+    (19, "recvmsg4"),
+    (20, "recvmsg6"),
+    (29, "getpeername4"),
+    (30, "getpeername6"),
+];
+
+fn bpf(cmd: i64, attr: &mut [u64; 16]) -> i64 {
+    // SAFETY: attr is a zero-initialised buffer at least as large as the union members used.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    }
+}
+
+/// Program and link ids attached to `cgroup` for one attach type.
+pub fn attached(cgroup: &Path, attach_type: u32) -> (Vec<u32>, Vec<u32>) {
+    let path = CString::new(cgroup.as_os_str().as_bytes()).unwrap();
+    // SAFETY: plain open of a directory.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+    assert!(
+        fd >= 0,
+        "open {}: {}",
+        cgroup.display(),
+        std::io::Error::last_os_error()
+    );
+    let mut prog_ids = [0u32; 64];
+    let mut link_ids = [0u32; 64];
+    let mut attr = [0u64; 16];
+    // Layout of bpf_attr.query: target_fd u32, attach_type u32, query_flags u32,
+    // attach_flags u32, prog_ids u64, prog_cnt u32, pad, prog_attach_flags u64, link_ids u64.
+    attr[0] = fd as u64 | (u64::from(attach_type) << 32);
+    attr[2] = prog_ids.as_mut_ptr() as u64;
+    attr[3] = prog_ids.len() as u64;
+    attr[5] = link_ids.as_mut_ptr() as u64;
+    let rc = bpf(BPF_PROG_QUERY, &mut attr);
+    let error = std::io::Error::last_os_error();
+    // SAFETY: closing the fd we opened.
+    unsafe { libc::close(fd) };
+    assert!(rc == 0, "BPF_PROG_QUERY on {}: {error}", cgroup.display());
+    let count = (attr[3] & 0xffff_ffff) as usize;
+    (prog_ids[..count].to_vec(), link_ids[..count].to_vec())
+}
+
+fn exists(cmd: i64, id: u32) -> bool {
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(id);
+    let fd = bpf(cmd, &mut attr);
+    if fd >= 0 {
+        // SAFETY: closing the fd the kernel just gave us.
+        unsafe { libc::close(fd as i32) };
+        return true;
+    }
+    false
+}
+
+pub fn program_exists(id: u32) -> bool {
+    exists(BPF_PROG_GET_FD_BY_ID, id)
+}
+
+pub fn link_exists(id: u32) -> bool {
+    exists(BPF_LINK_GET_FD_BY_ID, id)
+}
+
+pub fn map_exists(id: u32) -> bool {
+    exists(BPF_MAP_GET_FD_BY_ID, id)
+}
+
+/// Ids of the maps pinned in `dir`.
+pub fn pinned_map_ids(dir: &Path) -> Vec<u32> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| aya::maps::MapInfo::from_pin(e.path()).ok())
+                .map(|info| info.id())
+                .collect()
+        })
+        .unwrap_or_default()
+}
