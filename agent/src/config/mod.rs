@@ -88,3 +88,124 @@ impl Config {
         validate::validate(raw)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{fmt::Write as _, path::PathBuf};
+
+    use super::*;
+
+    fn bad_configs() -> Vec<(PathBuf, String, String)> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/bad-configs");
+        let mut cases: Vec<_> = std::fs::read_dir(&dir)
+            .expect("tests/bad-configs")
+            .map(|entry| {
+                let path = entry.unwrap().path();
+                let text = std::fs::read_to_string(&path).unwrap();
+                let expect = text
+                    .lines()
+                    .next()
+                    .and_then(|l| l.strip_prefix("# expect: "))
+                    .unwrap_or_else(|| panic!("{} has no `# expect:` line", path.display()))
+                    .to_string();
+                (path, text, expect)
+            })
+            .collect();
+        cases.sort();
+        cases
+    }
+
+    #[test]
+    fn every_bad_config_is_rejected_naming_its_field() {
+        let cases = bad_configs();
+        assert!(cases.len() >= 20, "only {} bad configs", cases.len());
+        for (path, text, expect) in cases {
+            let error = Config::parse(&text)
+                .expect_err(&format!("{} was accepted", path.display()))
+                .to_string();
+            assert!(
+                error.contains(&expect),
+                "{}: error does not name {expect:?}:\n{error}",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn all_errors_are_listed_at_once() {
+        let error = Config::parse(
+            "services:
+  - name: a
+    address: 10.96.0.1
+    port: 0
+    endpoints:
+      - { address: 10.1.0.1, port: 80, weight: 70000 }
+  - name: a
+    address: nope
+    port: 80
+",
+        )
+        .unwrap_err()
+        .to_string();
+        for expect in [
+            "4 errors",
+            "services[0].port: 0",
+            "services[0].endpoints[0].weight: 70000 exceeds 65535",
+            "services[1].name: duplicate service name",
+            "services[1].address: \"nope\" is not an IPv4 or IPv6 address",
+        ] {
+            assert!(error.contains(expect), "missing {expect:?} in:\n{error}");
+        }
+    }
+
+    #[test]
+    fn more_endpoints_than_the_maps_hold_is_rejected_naming_the_limit() {
+        let endpoints = weft_common::maps::BACKENDS_CAPACITY as usize + 1;
+        let mut text = String::from("services:\n");
+        for service in 0..endpoints.div_ceil(1000) {
+            let _ = write!(
+                text,
+                "  - name: s{service}\n    address: 10.96.{}.{}\n    port: 80\n    endpoints:\n",
+                service / 250,
+                service % 250 + 1
+            );
+            for i in (service * 1000)..((service + 1) * 1000).min(endpoints) {
+                let _ = writeln!(
+                    text,
+                    "      - {{ address: 10.{}.{}.{}, port: 80 }}",
+                    i >> 16,
+                    (i >> 8) & 255,
+                    i & 255
+                );
+            }
+        }
+        let error = Config::parse(&text).unwrap_err().to_string();
+        assert!(
+            error.contains("262145 distinct endpoints exceed the datapath's capacity of 262144 (WEFT_BACKEND_V1)"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn shipped_default_config_is_valid() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../weft.yaml");
+        let config = Config::load(&path).expect("weft.yaml");
+        assert_eq!(config.services.len(), 1);
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let config = Config::parse(
+            "services:\n  - { name: dns, address: 10.96.0.53, port: 53, protocol: udp, endpoints: [ { address: 10.1.0.1, port: 53 } ] }\n",
+        )
+        .unwrap();
+        let service = &config.services[0];
+        assert_eq!(service.endpoints[0].weight, 1);
+        assert_eq!(
+            service.health.probe,
+            Probe::None,
+            "UDP has no default connect probe"
+        );
+        assert_eq!(service.outlier, None);
+    }
+}
