@@ -31,6 +31,9 @@ pub enum DaemonError {
 }
 
 pub async fn run(options: Options) -> Result<(), DaemonError> {
+    // First, so a SIGTERM at any later point means a clean exit, not the default death.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let bytes = std::fs::read(&options.config).map_err(|source| DaemonError::Config {
         path: options.config.clone(),
         source: ConfigError::Read {
@@ -59,8 +62,6 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
     apply(&mut datapath, &config, generation);
 
     let mut updates = source::file::watch(options.config.clone(), bytes)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,

@@ -31,9 +31,9 @@ pub fn run(opts: &Options) -> Result<()> {
     };
     if !opts.no_lint {
         util::run(&mut cargo(&["fmt", "--all", "--", "--check"]))?;
+        // Default members only: the kernel crate builds for the BPF target alone.
         util::run(&mut cargo(&[
             "clippy",
-            "--workspace",
             "--all-targets",
             "--",
             "-D",
@@ -41,10 +41,12 @@ pub fn run(opts: &Options) -> Result<()> {
         ]))?;
     }
     let filter: Vec<&str> = opts.filter.as_deref().into_iter().collect();
-    let mut unit = cargo(&["test", "--workspace", "--exclude", "weft-tests"]);
+    let mut unit = cargo(&["test", "-p", "weft", "-p", "weft-common", "-p", "xtask"]);
     unit.arg("--").args(&filter);
     util::run(&mut unit)?;
     let mut e2e = cargo(&["test", "--package", "weft-tests"]);
-    e2e.arg("--").args(&filter).arg("--test-threads=1");
+    e2e.arg("--")
+        .args(&filter)
+        .args(["--test-threads=1", "--nocapture"]);
     util::run(&mut e2e)
 }

@@ -208,7 +208,7 @@ impl Maps {
             flags: 0,
         };
         if !table.is_empty() {
-            value.table_id = table_ids.next();
+            value.table_id = table_ids.allocate();
             value.table_size = table.len() as u32;
             if let Err(e) = self.write_table(value.table_id, &table) {
                 self.delete_table(&value);

@@ -92,7 +92,7 @@ pub fn diff(installed: &Installed, desired: &Desired) -> Changes {
                 let id = match installed.backends.get(&member.backend) {
                     Some(&id) => id,
                     None => *assigned.entry(member.backend).or_insert_with(|| {
-                        let id = backend_ids.next();
+                        let id = backend_ids.allocate();
                         changes.new_backends.push((id, member.backend));
                         id
                     }),
@@ -115,7 +115,7 @@ pub fn diff(installed: &Installed, desired: &Desired) -> Changes {
         }
         let service_id = match current {
             Some(s) => s.value.service_id,
-            None => service_ids.next(),
+            None => service_ids.allocate(),
         };
         changes.updates.push(ServiceUpdate {
             key: *key,
@@ -147,7 +147,7 @@ impl IdAllocator {
         IdAllocator { used, cursor }
     }
 
-    pub fn next(&mut self) -> u32 {
+    pub fn allocate(&mut self) -> u32 {
         loop {
             self.cursor = self.cursor.wrapping_add(1);
             if self.cursor != 0 && self.used.insert(self.cursor) {
