@@ -62,3 +62,16 @@ pub fn protocol(ctx: &SockAddrContext) -> u32 {
     // SAFETY: see `read`.
     unsafe { (*ctx.sock_addr).protocol }
 }
+
+/// The third word of a v4-mapped IPv6 address, ::ffff:0:0/96.
+const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+#[inline(always)]
+pub fn is_v4_mapped(addr: &Addr) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED_WORD
+}
+
+#[inline(always)]
+pub fn v4_mapped(v4: u32) -> Addr {
+    [0, 0, V4_MAPPED_WORD, v4]
+}

@@ -5,7 +5,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
-use weft_common::{PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValue, ServiceKey};
+use weft_common::{Addr, FAMILY_V4, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValue, ServiceKey};
 
 use crate::{
     addr::{self, Family},
@@ -25,11 +25,14 @@ pub fn forward(ctx: &SockAddrContext, family: Family) -> i32 {
         return ALLOW;
     }
     let (dst, port) = addr::read(ctx, family);
+    // An IPv6 socket reaching an IPv4 service uses its v4-mapped address (::ffff:a.b.c.d);
+    // dual-stack runtimes (Java, Node) do this for every IPv4 destination.
+    let mapped = family == Family::V6 && addr::is_v4_mapped(&dst);
     let key = ServiceKey {
-        addr: dst,
+        addr: if mapped { [dst[3], 0, 0, 0] } else { dst },
         port,
         protocol: protocol as u8,
-        family: family.tag(),
+        family: if mapped { FAMILY_V4 } else { family.tag() },
     };
     // SAFETY: plain helper calls valid in every sock_addr program.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -55,32 +58,49 @@ pub fn forward(ctx: &SockAddrContext, family: Family) -> i32 {
             backend_id,
             service_id,
         } => {
-            remember_service(cookie, &backend, &key, service_id, backend_id);
-            addr::write(ctx, family, &backend.addr, backend.port);
+            let endpoint = if mapped {
+                addr::v4_mapped(backend.addr[0])
+            } else {
+                backend.addr
+            };
+            let peer = Peer {
+                cookie,
+                family,
+                endpoint,
+                endpoint_port: backend.port,
+                service: dst,
+                service_port: port,
+            };
+            remember_service(&peer, service_id, backend_id);
+            addr::write(ctx, family, &endpoint, backend.port);
             ALLOW
         }
     }
 }
 
+/// A translated destination, in the socket's own address family.
+struct Peer {
+    cookie: u64,
+    family: Family,
+    endpoint: Addr,
+    endpoint_port: u16,
+    service: Addr,
+    service_port: u16,
+}
+
 /// Records which service address this socket meant, so replies and getpeername can show it.
 #[inline(always)]
-fn remember_service(
-    cookie: u64,
-    backend: &weft_common::Backend,
-    service: &ServiceKey,
-    service_id: u32,
-    backend_id: u32,
-) {
+fn remember_service(peer: &Peer, service_id: u32, backend_id: u32) {
     let key = RevNatKey {
-        cookie,
-        addr: backend.addr,
-        port: backend.port,
-        family: backend.family,
+        cookie: peer.cookie,
+        addr: peer.endpoint,
+        port: peer.endpoint_port,
+        family: peer.family.tag(),
         _pad: [0; 5],
     };
     let value = RevNatValue {
-        addr: service.addr,
-        port: service.port,
+        addr: peer.service,
+        port: peer.service_port,
         _pad: 0,
         service_id,
         backend_id,

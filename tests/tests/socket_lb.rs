@@ -252,3 +252,15 @@ fn ipv6_service_behaves_like_ipv4() {
     let udp_tally = env.client(move || client::tally_udp(udp, 50));
     assert_eq!(udp_tally.get("ua"), Some(&50));
 }
+
+#[test]
+fn ipv6_socket_reaches_ipv4_service_through_its_v4_mapped_address() {
+    let Some(env) = env_with_backends("v4mapped", [1, 0, 3]) else {
+        return;
+    };
+    let service: SocketAddr = "[::ffff:10.96.0.10]:80".parse().unwrap();
+    let tally = env.client(move || client::tally_tcp(service, 1000));
+    println!("dual-stack socket, weights 1:0:3 over 1000 connects: {tally:?}");
+    assert_eq!(tally.get("b"), None, "{tally:?}");
+    assert!((share(&tally, "a") - 25.0).abs() <= 4.0, "{tally:?}");
+}
