@@ -7,6 +7,7 @@ pub mod backend;
 pub mod bpf;
 pub mod cgroup;
 pub mod client;
+pub mod configs;
 pub mod netns;
 
 use std::sync::{Mutex, MutexGuard};

@@ -1,9 +1,9 @@
 //! Bad config files written to a running agent: each is rejected naming the field, and the
 //! running datapath stays exactly as it was, still serving.
 
-use std::{fmt::Write as _, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
-use weft_tests::client;
+use weft_tests::{client, configs};
 
 const GOOD: &str = "services:
   - name: web
@@ -14,58 +14,15 @@ const GOOD: &str = "services:
       - { address: 127.0.0.3, port: 8080, weight: 0 }
 ";
 
-fn bad_configs() -> Vec<(String, String, String)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bad-configs");
-    let mut cases: Vec<_> = std::fs::read_dir(dir)
-        .expect("bad-configs")
-        .map(|e| {
-            let path = e.unwrap().path();
-            let text = std::fs::read_to_string(&path).unwrap();
-            let expect = text
-                .lines()
-                .next()
-                .unwrap()
-                .trim_start_matches("# expect: ")
-                .to_string();
-            (
-                path.file_name().unwrap().to_string_lossy().to_string(),
-                text,
-                expect,
-            )
-        })
-        .collect();
-    cases.sort();
-    cases.push((
-        "too-many-endpoints (generated)".into(),
-        too_many_endpoints(),
-        "(WEFT_BACKEND_V1)".into(),
-    ));
-    cases
-}
-
-/// One endpoint more than the backend map holds.
-fn too_many_endpoints() -> String {
-    let endpoints = 262_145usize;
-    let mut text = String::from("services:\n");
-    for service in 0..endpoints.div_ceil(1000) {
-        let _ = write!(
-            text,
-            "  - name: s{service}\n    address: 10.97.{}.{}\n    port: 80\n    endpoints:\n",
-            service / 250,
-            service % 250 + 1
-        );
-        for i in (service * 1000)..((service + 1) * 1000).min(endpoints) {
-            let _ = writeln!(
-                text,
-                "      - {{ address: 10.{}.{}.{}, port: 80 }}",
-                i >> 16,
-                (i >> 8) & 255,
-                i & 255
-            );
-        }
-    }
-    text
-}
+/// GOOD with the weights swapped: all traffic to `b`.
+const SWAPPED: &str = "services:
+  - name: web
+    address: 10.96.0.10
+    port: 80
+    endpoints:
+      - { address: 127.0.0.2, port: 8080, weight: 0 }
+      - { address: 127.0.0.3, port: 8080, weight: 1 }
+";
 
 #[test]
 fn bad_configs_are_rejected_and_the_running_datapath_keeps_serving() {
@@ -76,9 +33,9 @@ fn bad_configs_are_rejected_and_the_running_datapath_keeps_serving() {
     env.backends.tcp(&env.netns, "127.0.0.3:8080", "b");
     env.start_agent(GOOD);
     let service: SocketAddr = "10.96.0.10:80".parse().unwrap();
-    let cases = bad_configs();
+    let cases = configs::bad_configs();
     assert!(cases.len() >= 20);
-    for (name, text, expect) in &cases {
+    for configs::BadConfig { name, text, expect } in &cases {
         let mark = env.agent().log_mark();
         env.agent().write_config(text);
         let line = env
@@ -105,11 +62,7 @@ fn bad_configs_are_rejected_and_the_running_datapath_keeps_serving() {
     );
     // And a good config after all that is still taken.
     let mark = env.agent().log_mark();
-    env.agent()
-        .write_config(&GOOD.replace("weight: 0", "weight: 1").replace(
-            "weight: 1 }\n      - { address: 127.0.0.3",
-            "weight: 0 }\n      - { address: 127.0.0.3",
-        ));
+    env.agent().write_config(SWAPPED);
     env.agent_mut()
         .wait_for_log(mark, "config applied", Duration::from_secs(2));
     let tally = env.client(move || client::tally_tcp(service, 20));

@@ -91,42 +91,23 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use std::{fmt::Write as _, path::PathBuf};
+    use std::path::PathBuf;
 
     use super::*;
 
-    fn bad_configs() -> Vec<(PathBuf, String, String)> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/bad-configs");
-        let mut cases: Vec<_> = std::fs::read_dir(&dir)
-            .expect("tests/bad-configs")
-            .map(|entry| {
-                let path = entry.unwrap().path();
-                let text = std::fs::read_to_string(&path).unwrap();
-                let expect = text
-                    .lines()
-                    .next()
-                    .and_then(|l| l.strip_prefix("# expect: "))
-                    .unwrap_or_else(|| panic!("{} has no `# expect:` line", path.display()))
-                    .to_string();
-                (path, text, expect)
-            })
-            .collect();
-        cases.sort();
-        cases
-    }
-
     #[test]
     fn every_bad_config_is_rejected_naming_its_field() {
-        let cases = bad_configs();
+        let cases = weft_tests::configs::bad_configs();
         assert!(cases.len() >= 20, "only {} bad configs", cases.len());
-        for (path, text, expect) in cases {
-            let error = Config::parse(&text)
-                .expect_err(&format!("{} was accepted", path.display()))
+        for case in cases {
+            let error = Config::parse(&case.text)
+                .expect_err(&format!("{} was accepted", case.name))
                 .to_string();
             assert!(
-                error.contains(&expect),
-                "{}: error does not name {expect:?}:\n{error}",
-                path.display()
+                error.contains(&case.expect),
+                "{}: error does not name {:?}:\n{error}",
+                case.name,
+                case.expect
             );
         }
     }
@@ -156,34 +137,6 @@ mod tests {
         ] {
             assert!(error.contains(expect), "missing {expect:?} in:\n{error}");
         }
-    }
-
-    #[test]
-    fn more_endpoints_than_the_maps_hold_is_rejected_naming_the_limit() {
-        let endpoints = weft_common::maps::BACKENDS_CAPACITY as usize + 1;
-        let mut text = String::from("services:\n");
-        for service in 0..endpoints.div_ceil(1000) {
-            let _ = write!(
-                text,
-                "  - name: s{service}\n    address: 10.96.{}.{}\n    port: 80\n    endpoints:\n",
-                service / 250,
-                service % 250 + 1
-            );
-            for i in (service * 1000)..((service + 1) * 1000).min(endpoints) {
-                let _ = writeln!(
-                    text,
-                    "      - {{ address: 10.{}.{}.{}, port: 80 }}",
-                    i >> 16,
-                    (i >> 8) & 255,
-                    i & 255
-                );
-            }
-        }
-        let error = Config::parse(&text).unwrap_err().to_string();
-        assert!(
-            error.contains("262145 distinct endpoints exceed the datapath's capacity of 262144 (WEFT_BACKEND_V1)"),
-            "{error}"
-        );
     }
 
     #[test]
