@@ -2,12 +2,16 @@
 
 use std::{path::PathBuf, time::Instant};
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
 use tracing::{error, info, warn};
 
 use crate::{
     config::{Config, ConfigError},
     datapath::{self, ApplyReport, Datapath, DatapathError},
+    health::{self, Health, ProbeResult, Prober},
     plan::{desired_state, diff},
     source,
 };
@@ -59,7 +63,19 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
     })?;
     info!(cgroup = %cgroup.display(), bpffs = %options.bpffs_dir.display(), "datapath ready");
     let mut generation: u64 = 1;
-    apply(&mut datapath, &config, generation);
+    let mut health = Health::default();
+    health.sync(&config);
+    let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(4096);
+    let mut prober = Prober::new(probe_tx);
+    prober.sync(&config);
+    first_probe_round(&mut probe_rx, &mut health, &config, prober.len()).await;
+    apply(
+        &mut datapath,
+        &config,
+        &mut health,
+        generation,
+        "config applied",
+    );
 
     let mut updates = source::file::watch(options.config.clone(), bytes)?;
     loop {
@@ -71,7 +87,9 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
                 Some(Ok(new)) => {
                     generation += 1;
                     config = new;
-                    apply(&mut datapath, &config, generation);
+                    health.sync(&config);
+                    prober.sync(&config);
+                    apply(&mut datapath, &config, &mut health, generation, "config applied");
                 }
                 Some(Err(e)) => {
                     warn!(
@@ -82,16 +100,106 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
                 }
                 None => break,
             },
+            Some(first) = probe_rx.recv() => {
+                // Take every result already waiting, then reconcile once.
+                let mut changed = record_probe(&mut health, &config, &first);
+                while let Ok(result) = probe_rx.try_recv() {
+                    changed |= record_probe(&mut health, &config, &result);
+                }
+                if changed {
+                    apply(&mut datapath, &config, &mut health, generation, "health change applied");
+                }
+            }
         }
     }
     info!("exiting; programs and maps stay pinned so traffic keeps flowing");
     Ok(())
 }
 
-fn apply(datapath: &mut Datapath, config: &Config, generation: u64) {
+/// Feeds one probe result to the health state; true if an endpoint changed state.
+fn record_probe(health: &mut Health, config: &Config, result: &ProbeResult) -> bool {
+    let weight = config
+        .services
+        .iter()
+        .find(|s| s.name == result.service)
+        .and_then(|s| {
+            s.endpoints
+                .iter()
+                .find(|e| e.address == result.endpoint.ip() && e.port == result.endpoint.port())
+        })
+        .map_or(0, |e| e.weight);
+    let Some(transition) = health.on_probe(result, weight) else {
+        return false;
+    };
+    // A new endpoint passing its first probe is routine; everything else is news.
+    if transition.from == health::State::Unknown && transition.to == health::State::Healthy {
+        tracing::debug!(service = %transition.key.0, endpoint = %transition.key.1, "endpoint healthy");
+    } else {
+        info!(
+            service = %transition.key.0,
+            endpoint = %transition.key.1,
+            from = transition.from.as_str(),
+            to = transition.to.as_str(),
+            "endpoint state changed"
+        );
+    }
+    true
+}
+
+/// Waits for every endpoint's first probe (bounded by the longest timeout), so the first
+/// tables reflect health instead of flapping as the results trickle in. Meanwhile whatever an
+/// earlier agent installed keeps serving.
+async fn first_probe_round(
+    results: &mut mpsc::Receiver<ProbeResult>,
+    health: &mut Health,
+    config: &Config,
+    probing: usize,
+) {
+    let longest = config
+        .services
+        .iter()
+        .map(|s| s.health.timeout)
+        .max()
+        .unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + longest + std::time::Duration::from_millis(200);
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < probing {
+        tokio::select! {
+            Some(result) = results.recv() => {
+                record_probe(health, config, &result);
+                seen.insert((result.service, result.endpoint));
+            }
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+}
+
+fn apply(
+    datapath: &mut Datapath,
+    config: &Config,
+    health: &mut Health,
+    generation: u64,
+    what: &'static str,
+) {
     let started = Instant::now();
-    // Until health checking exists every endpoint's effective weight is its configured one.
-    let desired = desired_state(config, |_, endpoint| u32::from(endpoint.weight));
+    let (weights, panic_changes) = health.effective(config);
+    for (service, panicking) in panic_changes {
+        if panicking {
+            warn!(
+                service,
+                "panic mode: too little healthy weight, routing to every endpoint by configured weight"
+            );
+        } else {
+            info!(service, "panic mode over: routing by health again");
+        }
+    }
+    let desired = desired_state(config, |service, endpoint| {
+        weights
+            .by_endpoint
+            .get(&health::endpoint_key(service, endpoint))
+            .copied()
+            .unwrap_or(0)
+    });
     let changes = diff(datapath.installed(), &desired);
     let report: ApplyReport = datapath.apply(changes);
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -107,6 +215,6 @@ fn apply(datapath: &mut Datapath, config: &Config, generation: u64) {
         backends_removed = report.backends_removed,
         failures = report.failures.len(),
         elapsed_ms,
-        "config applied"
+        "{what}"
     );
 }

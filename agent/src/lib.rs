@@ -2,6 +2,7 @@
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod health;
 pub mod logging;
 pub mod plan;
 pub mod source;

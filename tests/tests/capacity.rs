@@ -14,7 +14,7 @@ fn config(last_weights: (u16, u16)) -> String {
     for s in 0..SERVICES - 1 {
         let _ = write!(
             text,
-            "  - name: svc-{s}\n    address: 10.96.{}.{}\n    port: 80\n    endpoints:\n",
+            "  - name: svc-{s}\n    address: 10.96.{}.{}\n    port: 80\n    health: {{ kind: none }}\n    endpoints:\n",
             s / 250,
             s % 250 + 1
         );

@@ -24,6 +24,9 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     pub health: HealthCheck,
     pub outlier: Option<Outlier>,
+    /// Percent of configured weight that must be healthy; below it every endpoint gets
+    /// traffic by configured weight (Envoy's panic threshold). 0 turns it off.
+    pub panic_threshold: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -24,6 +24,7 @@ pub struct RawService {
     pub endpoints: Vec<RawEndpoint>,
     pub health: Option<RawHealth>,
     pub outlier: Option<RawOutlier>,
+    pub panic_threshold: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

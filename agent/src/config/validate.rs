@@ -17,6 +17,8 @@ use crate::plan::maglev;
 const MAX_NAME_LEN: usize = 253;
 /// Endpoint weight when the file gives none (as Envoy's load_balancing_weight).
 const DEFAULT_WEIGHT: u16 = 1;
+/// Envoy's default healthy-panic threshold, in percent.
+const DEFAULT_PANIC_THRESHOLD: u8 = 50;
 
 #[derive(Default)]
 struct Errors(Vec<FieldError>);
@@ -110,6 +112,17 @@ fn service(path: &str, raw: RawService, errors: &mut Errors) -> Option<Service> 
         }
     }
     let health = health(&format!("{path}.health"), raw.health, protocol, errors);
+    let panic_threshold = match raw.panic_threshold {
+        None => DEFAULT_PANIC_THRESHOLD,
+        Some(p @ 0..=100) => p as u8,
+        Some(p) => {
+            errors.add(
+                format!("{path}.panic_threshold"),
+                format!("{p} is out of range 0..=100 (percent; 0 turns it off)"),
+            );
+            DEFAULT_PANIC_THRESHOLD
+        }
+    };
     let outlier = raw
         .outlier
         .and_then(|raw| outlier(&format!("{path}.outlier"), raw, errors));
@@ -124,6 +137,7 @@ fn service(path: &str, raw: RawService, errors: &mut Errors) -> Option<Service> 
         endpoints,
         health: health?,
         outlier,
+        panic_threshold,
     })
 }
 
