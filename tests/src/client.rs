@@ -60,6 +60,21 @@ pub fn tally_udp(service: SocketAddr, sockets: usize) -> BTreeMap<String, usize>
     tally
 }
 
+/// One HTTP request to the service; returns the body (the backend's name).
+pub fn http_get_name(service: SocketAddr) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = TcpStream::connect_timeout(&service, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: service\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string())
+}
+
 /// Share of `name` in a tally, in percent.
 pub fn share(tally: &BTreeMap<String, usize>, name: &str) -> f64 {
     let total: usize = tally.values().sum();

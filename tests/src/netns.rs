@@ -36,6 +36,13 @@ impl NetNs {
         }
     }
 
+    /// Runs `ip ARGS` inside this namespace.
+    pub fn ip(&self, args: &[&str]) {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full);
+    }
+
     pub fn path(&self) -> String {
         format!("/run/netns/{}", self.name)
     }
