@@ -12,7 +12,7 @@ use crate::{
     config::{Config, ConfigError},
     datapath::{self, ApplyReport, Datapath, DatapathError},
     health::{self, Health, ProbeResult, Prober},
-    plan::{desired_state, diff},
+    plan::{desired_state, diff, resolve::Resolver},
     source,
 };
 
@@ -76,6 +76,9 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
         generation,
         "config applied",
     );
+    let mut resolver = Resolver::new(datapath.installed(), &config);
+    let mut events = spawn_event_reader(&mut datapath);
+    let mut ejection_check = tokio::time::interval(std::time::Duration::from_millis(50));
 
     let mut updates = source::file::watch(options.config.clone(), bytes)?;
     loop {
@@ -90,6 +93,7 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
                     health.sync(&config);
                     prober.sync(&config);
                     apply(&mut datapath, &config, &mut health, generation, "config applied");
+                    resolver = Resolver::new(datapath.installed(), &config);
                 }
                 Some(Err(e)) => {
                     warn!(
@@ -107,6 +111,30 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
                     changed |= record_probe(&mut health, &config, &result);
                 }
                 if changed {
+                    apply(&mut datapath, &config, &mut health, generation, "health change applied");
+                }
+            }
+            Some(batch) = events.recv() => {
+                let now = std::time::Instant::now();
+                let mut changed = false;
+                for event in batch {
+                    let Some((index, endpoint)) = resolver.resolve(event.service_id, event.backend_id) else {
+                        continue;
+                    };
+                    let ok = event.kind == weft_common::event::ESTABLISHED;
+                    if let Some(t) = health.on_connect(&config.services[index], endpoint, ok, now) {
+                        log_transition(&t);
+                        changed = true;
+                    }
+                }
+                if changed {
+                    apply(&mut datapath, &config, &mut health, generation, "health change applied");
+                }
+            }
+            _ = ejection_check.tick() => {
+                let transitions = health.expire_ejections(&config, std::time::Instant::now());
+                transitions.iter().for_each(log_transition);
+                if !transitions.is_empty() {
                     apply(&mut datapath, &config, &mut health, generation, "health change applied");
                 }
             }
@@ -131,6 +159,11 @@ fn record_probe(health: &mut Health, config: &Config, result: &ProbeResult) -> b
     let Some(transition) = health.on_probe(result, weight) else {
         return false;
     };
+    log_transition(&transition);
+    true
+}
+
+fn log_transition(transition: &health::Transition) {
     // A new endpoint passing its first probe is routine; everything else is news.
     if transition.from == health::State::Unknown && transition.to == health::State::Healthy {
         tracing::debug!(service = %transition.key.0, endpoint = %transition.key.1, "endpoint healthy");
@@ -143,7 +176,30 @@ fn record_probe(health: &mut Health, config: &Config, result: &ProbeResult) -> b
             "endpoint state changed"
         );
     }
-    true
+}
+
+/// Moves the ring-buffer reader to its own task (the map's one owner); batches of events
+/// come back over a channel.
+fn spawn_event_reader(datapath: &mut Datapath) -> mpsc::Receiver<Vec<weft_common::ConnEvent>> {
+    let (tx, rx) = mpsc::channel(256);
+    if let Some(mut reader) = datapath.take_events() {
+        tokio::spawn(async move {
+            loop {
+                match reader.next_batch().await {
+                    Ok(batch) => {
+                        if tx.send(batch).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        error!(error = %e, "reading connection events failed; passive detection stops");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    rx
 }
 
 /// Waits for every endpoint's first probe (bounded by the longest timeout), so the first

@@ -18,6 +18,7 @@ pub mod maps {
     pub const BACKENDS: &str = "WEFT_BACKEND_V1";
     pub const MAGLEV: &str = "WEFT_MAGLEV_V1";
     pub const REVNAT: &str = "WEFT_REVNAT_V1";
+    pub const EVENTS: &str = "WEFT_EVENTS_V1";
 
     /// Services (address, port, protocol) the kernel translates.
     pub const SERVICES_CAPACITY: u32 = 65_536;
@@ -28,6 +29,8 @@ pub mod maps {
     pub const MAGLEV_CAPACITY: u32 = 524_288;
     /// Translated sockets whose peer address the kernel remembers for recvmsg/getpeername.
     pub const REVNAT_CAPACITY: u32 = 131_072;
+    /// Bytes of the connection-event ring buffer (a power of two, page aligned).
+    pub const EVENTS_BYTES: u32 = 1 << 20;
 }
 
 /// Flag for hash maps whose elements are allocated on insert: memory follows use, and a
@@ -117,6 +120,25 @@ pub struct RevNatValue {
     pub backend_id: u32,
 }
 
+/// What happened to a translated TCP connection (`ConnEvent::kind`).
+pub mod event {
+    /// The handshake completed.
+    pub const ESTABLISHED: u32 = 1;
+    /// The connect failed: refused (RST) or timed out in SYN_SENT.
+    pub const CONNECT_FAILED: u32 = 2;
+}
+
+/// One record of `WEFT_EVENTS_V1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnEvent {
+    pub kind: u32,
+    pub service_id: u32,
+    pub backend_id: u32,
+    pub _pad: u32,
+    pub cookie: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -128,4 +150,5 @@ mod pod {
     unsafe impl aya::Pod for MaglevChunk {}
     unsafe impl aya::Pod for RevNatKey {}
     unsafe impl aya::Pod for RevNatValue {}
+    unsafe impl aya::Pod for ConnEvent {}
 }

@@ -7,8 +7,12 @@ mod maps;
 mod reverse;
 mod select;
 mod sock_addr;
+mod sock_ops;
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, sock_ops},
+    programs::{SockAddrContext, SockOpsContext},
+};
 
 // Function names differ from their section names on purpose: bpf-linker mis-links a
 // function named like its section (see DESIGN.md).
@@ -51,6 +55,11 @@ pub fn weft_getpeer4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn weft_getpeer6(ctx: SockAddrContext) -> i32 {
     reverse::translate_back(&ctx, addr::Family::V6)
+}
+
+#[sock_ops]
+pub fn weft_sock_ops(ctx: SockOpsContext) -> u32 {
+    sock_ops::handle(&ctx)
 }
 
 #[cfg(not(test))]

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, RingBuf},
 };
 use weft_common::{
     BPF_F_NO_PREALLOC, Backend, MaglevChunk, MaglevKey, RevNatKey, RevNatValue, ServiceKey,
@@ -24,3 +24,6 @@ pub static MAGLEV: HashMap<MaglevKey, MaglevChunk> =
 #[map(name = "WEFT_REVNAT_V1")]
 pub static REVNAT: LruHashMap<RevNatKey, RevNatValue> =
     LruHashMap::pinned(maps::REVNAT_CAPACITY, 0);
+
+#[map(name = "WEFT_EVENTS_V1")]
+pub static EVENTS: RingBuf = RingBuf::pinned(maps::EVENTS_BYTES, 0);

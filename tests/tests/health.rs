@@ -287,3 +287,83 @@ fn flapping_backend_changes_the_table_no_faster_than_thresholds_allow() {
     );
     assert!(changes <= allowed, "{changes} changes > {allowed}");
 }
+
+/// Connects back to back for `duration`; returns (connects, failures).
+fn count_failures(env: &weft_tests::Env, duration: Duration) -> (usize, usize) {
+    let service: SocketAddr = "10.96.0.10:80".parse().unwrap();
+    let seen = env.client(move || load(service, duration));
+    (seen.len(), seen.iter().filter(|(_, o)| o.is_err()).count())
+}
+
+#[test]
+fn passive_detection_alone_stops_failures_after_consecutive_failures() {
+    let Some(mut env) = weft_tests::setup("passive") else {
+        return;
+    };
+    env.backends.tcp(&env.netns, "127.0.0.2:8080", "a");
+    env.backends.tcp(&env.netns, "127.0.0.3:8080", "b");
+    let victim = env.backends.tcp(&env.netns, "127.0.0.4:8080", "c");
+    let passive = "    health: { kind: none }\n    outlier: { consecutive_failures: 3, base_ejection: 30s, max_ejection_percent: 50 }\n";
+    env.start_agent(&format!(
+        "services:\n{}",
+        service(
+            "web",
+            passive,
+            &[("127.0.0.2", 1), ("127.0.0.3", 1), ("127.0.0.4", 1)]
+        )
+    ));
+    let (warm, warm_failed) = count_failures(&env, Duration::from_millis(300));
+    assert_eq!(warm_failed, 0, "failures before the kill ({warm} connects)");
+    env.backends.stop(victim);
+    let (total, failed) = count_failures(&env, Duration::from_millis(2000));
+    println!("passive detection only (consecutive_failures 3): {total} connects, {failed} failed");
+    let line = env
+        .agent_mut()
+        .wait_for_log(0, "\"to\":\"ejected\"", Duration::from_secs(1));
+    assert!(line.contains("127.0.0.4:8080"), "{line}");
+    // Events reach the agent asynchronously: a connect or two may start before the table
+    // changes, but failures must stop right after the third.
+    assert!(failed >= 3, "only {failed} failures: was c ever chosen?");
+    assert!(failed <= 6, "{failed} failed connects, expected about 3");
+    let (after, after_failed) = count_failures(&env, Duration::from_millis(500));
+    assert_eq!(
+        after_failed, 0,
+        "failures after ejection ({after} connects)"
+    );
+}
+
+#[test]
+fn ejection_cap_keeps_at_most_half_of_the_endpoints_ejected() {
+    let Some(mut env) = weft_tests::setup("ejectcap") else {
+        return;
+    };
+    env.backends.tcp(&env.netns, "127.0.0.2:8080", "a");
+    let mut victims = Vec::new();
+    for i in 3..=5 {
+        victims.push(
+            env.backends
+                .tcp(&env.netns, &format!("127.0.0.{i}:8080"), "dead"),
+        );
+    }
+    let passive = "    health: { kind: none }\n    outlier: { consecutive_failures: 2, base_ejection: 30s, max_ejection_percent: 50 }\n";
+    let endpoints = [
+        ("127.0.0.2", 1),
+        ("127.0.0.3", 1),
+        ("127.0.0.4", 1),
+        ("127.0.0.5", 1),
+    ];
+    env.start_agent(&format!(
+        "services:\n{}",
+        service("web", passive, &endpoints)
+    ));
+    victims.into_iter().for_each(|v| env.backends.stop(v));
+    let (total, failed) = count_failures(&env, Duration::from_millis(1500));
+    let log = env.agent().log_text();
+    let ejected = log.matches("\"to\":\"ejected\"").count();
+    println!(
+        "3 of 4 endpoints dead, max_ejection_percent 50: {ejected} ejected, {failed} of {total} connects failed"
+    );
+    assert_eq!(ejected, 2, "{log}");
+    // The third dead endpoint stays in rotation: failures go on, about half of all connects.
+    assert!(failed * 4 > total, "{failed} of {total}");
+}

@@ -4,6 +4,7 @@
 
 mod attach;
 mod error;
+mod events;
 mod fs;
 mod maps;
 mod reset;
@@ -14,6 +15,7 @@ use aya::{Ebpf, EbpfLoader};
 use tracing::{info, warn};
 
 pub use error::DatapathError;
+pub use events::EventReader;
 pub use fs::discover_cgroup2_root;
 pub use reset::{ResetReport, reset};
 
@@ -40,6 +42,7 @@ pub struct ApplyReport {
 
 pub struct Datapath {
     maps: maps::Maps,
+    events: Option<EventReader>,
     installed: Installed,
     /// Holds the programs (and the links it manages) for the agent's lifetime.
     _ebpf: Ebpf,
@@ -68,6 +71,16 @@ impl Datapath {
             );
         }
         let mut maps = maps::Maps::take(&mut ebpf)?;
+        let ring = ebpf
+            .take_map(weft_common::maps::EVENTS)
+            .ok_or(DatapathError::MissingMap {
+                map: weft_common::maps::EVENTS,
+            })?;
+        let ring = aya::maps::RingBuf::try_from(ring).map_err(|source| DatapathError::Map {
+            map: weft_common::maps::EVENTS,
+            source: Box::new(source),
+        })?;
+        let events = Some(EventReader::new(ring)?);
         let installed = maps.read_installed()?;
         let orphans = maps.delete_orphan_tables(&installed)?;
         if orphans > 0 {
@@ -83,10 +96,16 @@ impl Datapath {
         );
         Ok(Datapath {
             maps,
+            events,
             installed,
             _ebpf: ebpf,
             attachments,
         })
+    }
+
+    /// The connection-event reader, for the task that will own it (once).
+    pub fn take_events(&mut self) -> Option<EventReader> {
+        self.events.take()
     }
 
     pub fn installed(&self) -> &Installed {

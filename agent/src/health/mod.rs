@@ -9,6 +9,7 @@ mod weights;
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
+    time::Instant,
 };
 
 pub use probe::{ProbeResult, Prober};
@@ -86,6 +87,75 @@ impl Health {
         (from != to).then_some(Transition { key, from, to })
     }
 
+    /// The outcome of a real connection to an endpoint of `service`. Consecutive failures up
+    /// to the outlier threshold eject it, unless that would eject more than the service's
+    /// max_ejection_percent (one endpoint may always be ejected).
+    pub fn on_connect(
+        &mut self,
+        service: &Service,
+        endpoint: SocketAddr,
+        ok: bool,
+        now: Instant,
+    ) -> Option<Transition> {
+        let outlier = service.outlier.as_ref()?;
+        let key = (service.name.clone(), endpoint);
+        let weight = service
+            .endpoints
+            .iter()
+            .find(|e| SocketAddr::new(e.address, e.port) == endpoint)?
+            .weight;
+        let tracked = self.endpoints.get_mut(&key)?;
+        if ok {
+            tracked.health.on_connect_success();
+            return None;
+        }
+        if !tracked.health.on_connect_failure(outlier) {
+            return None;
+        }
+        let ejected = service
+            .endpoints
+            .iter()
+            .filter(|e| {
+                self.endpoints
+                    .get(&endpoint_key(service, e))
+                    .is_some_and(|t| t.health.is_ejected())
+            })
+            .count();
+        let total = service.endpoints.len();
+        let within_cap = ejected == 0
+            || (ejected + 1) * 100 <= total * usize::from(outlier.max_ejection_percent);
+        if !within_cap {
+            return None;
+        }
+        let tracked = self.endpoints.get_mut(&key)?;
+        let from = tracked.health.state(weight);
+        tracked.health.eject(outlier, now);
+        let to = tracked.health.state(weight);
+        (from != to).then_some(Transition { key, from, to })
+    }
+
+    /// Ends ejections whose time is up.
+    pub fn expire_ejections(&mut self, config: &Config, now: Instant) -> Vec<Transition> {
+        let mut transitions = Vec::new();
+        for service in &config.services {
+            for endpoint in &service.endpoints {
+                let key = endpoint_key(service, endpoint);
+                let Some(tracked) = self.endpoints.get_mut(&key) else {
+                    continue;
+                };
+                let from = tracked.health.state(endpoint.weight);
+                if tracked
+                    .health
+                    .expire(now, tracked.check.probe != Probe::None)
+                {
+                    let to = tracked.health.state(endpoint.weight);
+                    transitions.push(Transition { key, from, to });
+                }
+            }
+        }
+        transitions
+    }
+
     pub fn state(&self, key: &EndpointKey, weight: u16) -> State {
         self.endpoints
             .get(key)
@@ -119,5 +189,78 @@ impl Health {
         changes.sort();
         self.panicking = weights.panicking.clone();
         (weights, changes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(endpoints: usize, max_percent: u8) -> Config {
+        let list: String = (0..endpoints)
+            .map(|i| format!("      - {{ address: 10.1.0.{}, port: 80 }}\n", i + 1))
+            .collect();
+        Config::parse(&format!(
+            "services:\n  - name: web\n    address: 10.96.0.1\n    port: 80\n    health: {{ kind: none }}\n    outlier: {{ consecutive_failures: 2, base_ejection: 1s, max_ejection_percent: {max_percent} }}\n    endpoints:\n{list}"
+        ))
+        .unwrap()
+    }
+
+    fn fail_all(health: &mut Health, config: &Config, failing: usize, now: Instant) -> usize {
+        let service = &config.services[0];
+        let mut ejected = 0;
+        for _ in 0..2 {
+            for e in &service.endpoints[..failing] {
+                let addr = SocketAddr::new(e.address, e.port);
+                if health.on_connect(service, addr, false, now).is_some() {
+                    ejected += 1;
+                }
+            }
+        }
+        ejected
+    }
+
+    #[test]
+    fn ejection_cap_leaves_the_rest_in_rotation() {
+        let config = config(4, 50);
+        let mut health = Health::default();
+        health.sync(&config);
+        assert_eq!(
+            fail_all(&mut health, &config, 3, Instant::now()),
+            2,
+            "3 of 4 failing, cap 50 %"
+        );
+    }
+
+    #[test]
+    fn one_endpoint_may_always_be_ejected() {
+        let config = config(4, 0);
+        let mut health = Health::default();
+        health.sync(&config);
+        assert_eq!(fail_all(&mut health, &config, 4, Instant::now()), 1);
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_count_and_ejections_expire() {
+        let config = config(2, 50);
+        let service = &config.services[0];
+        let addr = SocketAddr::new(service.endpoints[0].address, 80);
+        let mut health = Health::default();
+        health.sync(&config);
+        let now = Instant::now();
+        assert!(health.on_connect(service, addr, false, now).is_none());
+        assert!(health.on_connect(service, addr, true, now).is_none());
+        assert!(
+            health.on_connect(service, addr, false, now).is_none(),
+            "count was reset"
+        );
+        let t = health
+            .on_connect(service, addr, false, now)
+            .expect("ejected");
+        assert_eq!(t.to, State::Ejected);
+        assert!(health.expire_ejections(&config, now).is_empty());
+        let back = health.expire_ejections(&config, now + std::time::Duration::from_secs(1));
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].to, State::Healthy, "no probing: back at expiry");
     }
 }

@@ -4,6 +4,7 @@
 pub mod desired;
 pub mod diff;
 pub mod maglev;
+pub mod resolve;
 
 pub use desired::{Desired, DesiredService, desired_state};
 pub use diff::{Changes, Installed, InstalledService, ServiceUpdate, diff};
