@@ -44,7 +44,8 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut unit = cargo(&["test", "-p", "weft", "-p", "weft-common", "-p", "xtask"]);
     unit.arg("--").args(&filter);
     util::run(&mut unit)?;
-    let mut e2e = cargo(&["test", "--package", "weft-tests"]);
+    // `--tests`: no doc-test run (there are none), so the log closes on the real suite.
+    let mut e2e = cargo(&["test", "--package", "weft-tests", "--tests"]);
     e2e.arg("--")
         .args(&filter)
         .args(["--test-threads=1", "--nocapture"]);
