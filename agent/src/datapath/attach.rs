@@ -1,6 +1,6 @@
-//! Attaching the socket programs to a cgroup as pinned links, or adopting the links an
-//! earlier agent pinned: the new program is swapped into the existing link atomically, so
-//! traffic never runs without a program and nothing is attached twice.
+//! Attaching the programs to a cgroup as pinned links, or adopting the links an earlier
+//! agent pinned: the new program is swapped into the existing link atomically
+//! (BPF_LINK_UPDATE), so traffic never runs without a program and nothing is attached twice.
 
 use std::{
     ffi::CString,
@@ -14,11 +14,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    programs::{
-        CgroupAttachMode, CgroupSockAddr, SockOps,
-        cgroup_sock_addr::CgroupSockAddrLink,
-        links::{FdLink, PinnedLink},
-    },
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps, links::FdLink},
 };
 
 use super::DatapathError;
@@ -55,55 +51,89 @@ pub fn attach_all(
         path: cgroup.to_path_buf(),
         source,
     })?;
-    let mut attachments = attach_sock_addr(ebpf, &cgroup_fd, links_dir)?;
-    attachments.push(attach_sock_ops(ebpf, &cgroup_fd, links_dir)?);
+    let mut attachments = Vec::with_capacity(PROGRAMS.len() + 1);
+    for name in PROGRAMS {
+        let program: &mut CgroupSockAddr = program_mut(ebpf, name)?;
+        program.load().map_err(program_error(name))?;
+        let adopted = attach_or_adopt(
+            name,
+            raw_fd(program.fd(), name)?,
+            &links_dir.join(name),
+            || {
+                let id = program.attach(&cgroup_fd, CgroupAttachMode::Single)?;
+                FdLink::try_from(program.take_link(id)?).map_err(ProgramError::from)
+            },
+        )?;
+        attachments.push(Attachment {
+            program: name,
+            adopted,
+        });
+    }
+    let program: &mut SockOps = program_mut(ebpf, SOCK_OPS)?;
+    program.load().map_err(program_error(SOCK_OPS))?;
+    let adopted = attach_or_adopt(
+        SOCK_OPS,
+        raw_fd(program.fd(), SOCK_OPS)?,
+        &links_dir.join(SOCK_OPS),
+        || {
+            let id = program.attach(&cgroup_fd, CgroupAttachMode::Single)?;
+            FdLink::try_from(program.take_link(id)?).map_err(ProgramError::from)
+        },
+    )?;
+    attachments.push(Attachment {
+        program: SOCK_OPS,
+        adopted,
+    });
     Ok(attachments)
 }
 
-fn attach_sock_ops(
-    ebpf: &mut Ebpf,
-    cgroup_fd: &File,
-    links_dir: &Path,
-) -> Result<Attachment, DatapathError> {
-    let program_error = |source| DatapathError::Program {
-        program: SOCK_OPS,
-        source: Box::new(source),
-    };
-    let program: &mut SockOps = ebpf
-        .program_mut(SOCK_OPS)
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DatapathError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
         .ok_or(DatapathError::Program {
-            program: SOCK_OPS,
-            source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+            program: name,
+            source: Box::new(ProgramError::UnexpectedProgramType),
         })?
         .try_into()
-        .map_err(program_error)?;
-    program.load().map_err(program_error)?;
-    let pin = links_dir.join(SOCK_OPS);
-    let adopted = pin.exists();
-    if adopted {
-        // aya cannot rebuild a SockOpsLink from a pin, so swap the program in directly.
-        let program_fd = program.fd().map_err(program_error)?;
-        update_pinned_link(&pin, program_fd.as_fd().as_raw_fd())?;
-    } else {
-        let link_id = program
-            .attach(cgroup_fd, CgroupAttachMode::Single)
-            .map_err(program_error)?;
-        let link =
-            FdLink::try_from(program.take_link(link_id).map_err(program_error)?).map_err(|e| {
-                DatapathError::Link {
-                    path: pin.clone(),
-                    source: Box::new(e),
-                }
-            })?;
-        link.pin(&pin).map_err(|e| DatapathError::Link {
-            path: pin.clone(),
-            source: Box::new(e),
-        })?;
+        .map_err(program_error(name))
+}
+
+/// The program's fd as a plain number: it stays open while the program is loaded, and the
+/// number does not borrow the program we are about to attach.
+fn raw_fd(
+    fd: Result<&aya::programs::ProgramFd, ProgramError>,
+    name: &'static str,
+) -> Result<i32, DatapathError> {
+    Ok(fd.map_err(program_error(name))?.as_fd().as_raw_fd())
+}
+
+fn program_error(program: &'static str) -> impl Fn(ProgramError) -> DatapathError {
+    move |source| DatapathError::Program {
+        program,
+        source: Box::new(source),
     }
-    Ok(Attachment {
-        program: SOCK_OPS,
-        adopted,
-    })
+}
+
+/// Swaps the loaded program into the link pinned at `pin`, or attaches anew and pins the
+/// link (the pin keeps it attached after the agent exits). True if adopted.
+fn attach_or_adopt(
+    name: &'static str,
+    program_fd: i32,
+    pin: &Path,
+    attach: impl FnOnce() -> Result<FdLink, ProgramError>,
+) -> Result<bool, DatapathError> {
+    if pin.exists() {
+        update_pinned_link(pin, program_fd)?;
+        return Ok(true);
+    }
+    let link = attach().map_err(program_error(name))?;
+    link.pin(pin).map_err(|e| DatapathError::Link {
+        path: pin.to_path_buf(),
+        source: Box::new(e),
+    })?;
+    Ok(false)
 }
 
 /// BPF_LINK_UPDATE on a pinned link: the kernel swaps the program atomically.
@@ -150,60 +180,4 @@ fn update_pinned_link(pin: &Path, program_fd: i32) -> Result<(), DatapathError> 
         return Err(link_error(error));
     }
     Ok(())
-}
-
-fn attach_sock_addr(
-    ebpf: &mut Ebpf,
-    cgroup_fd: &File,
-    links_dir: &Path,
-) -> Result<Vec<Attachment>, DatapathError> {
-    PROGRAMS
-        .iter()
-        .map(|&name| {
-            let program_error = |source| DatapathError::Program {
-                program: name,
-                source: Box::new(source),
-            };
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::Program {
-                    program: name,
-                    source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
-                })?
-                .try_into()
-                .map_err(program_error)?;
-            program.load().map_err(program_error)?;
-            let pin = links_dir.join(name);
-            let adopted = pin.exists();
-            if adopted {
-                let link_error =
-                    |source: Box<dyn std::error::Error + Send + Sync>| DatapathError::Link {
-                        path: pin.clone(),
-                        source,
-                    };
-                let pinned = PinnedLink::from_pin(&pin).map_err(|e| link_error(Box::new(e)))?;
-                let link = CgroupSockAddrLink::try_from(FdLink::from(pinned))
-                    .map_err(|e| link_error(Box::new(e)))?;
-                program.attach_to_link(link).map_err(program_error)?;
-            } else {
-                let link_id = program
-                    .attach(cgroup_fd, CgroupAttachMode::Single)
-                    .map_err(program_error)?;
-                let link = FdLink::try_from(program.take_link(link_id).map_err(program_error)?)
-                    .map_err(|e| DatapathError::Link {
-                        path: pin.clone(),
-                        source: Box::new(e),
-                    })?;
-                // The pin keeps the link (and so the program) attached after we exit.
-                link.pin(&pin).map_err(|e| DatapathError::Link {
-                    path: pin.clone(),
-                    source: Box::new(e),
-                })?;
-            }
-            Ok(Attachment {
-                program: name,
-                adopted,
-            })
-        })
-        .collect()
 }
