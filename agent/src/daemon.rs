@@ -106,9 +106,9 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
             },
             Some(first) = probe_rx.recv() => {
                 // Take every result already waiting, then reconcile once.
-                let mut changed = record_probe(&mut health, &config, &first);
+                let mut changed = record_probe(&mut health, &first);
                 while let Ok(result) = probe_rx.try_recv() {
-                    changed |= record_probe(&mut health, &config, &result);
+                    changed |= record_probe(&mut health, &result);
                 }
                 if changed {
                     apply(&mut datapath, &config, &mut health, generation, "health change applied");
@@ -132,7 +132,7 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
                 }
             }
             _ = ejection_check.tick() => {
-                let transitions = health.expire_ejections(&config, std::time::Instant::now());
+                let transitions = health.expire_ejections(std::time::Instant::now());
                 transitions.iter().for_each(log_transition);
                 if !transitions.is_empty() {
                     apply(&mut datapath, &config, &mut health, generation, "health change applied");
@@ -145,18 +145,8 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
 }
 
 /// Feeds one probe result to the health state; true if an endpoint changed state.
-fn record_probe(health: &mut Health, config: &Config, result: &ProbeResult) -> bool {
-    let weight = config
-        .services
-        .iter()
-        .find(|s| s.name == result.service)
-        .and_then(|s| {
-            s.endpoints
-                .iter()
-                .find(|e| e.address == result.endpoint.ip() && e.port == result.endpoint.port())
-        })
-        .map_or(0, |e| e.weight);
-    let Some(transition) = health.on_probe(result, weight) else {
+fn record_probe(health: &mut Health, result: &ProbeResult) -> bool {
+    let Some(transition) = health.on_probe(result) else {
         return false;
     };
     log_transition(&transition);
@@ -222,7 +212,7 @@ async fn first_probe_round(
     while seen.len() < probing {
         tokio::select! {
             Some(result) = results.recv() => {
-                record_probe(health, config, &result);
+                record_probe(health, &result);
                 seen.insert((result.service, result.endpoint));
             }
             _ = tokio::time::sleep_until(deadline) => break,

@@ -31,6 +31,8 @@ pub fn endpoint_key(service: &Service, endpoint: &crate::config::Endpoint) -> En
 struct Tracked {
     health: EndpointHealth,
     check: HealthCheck,
+    /// Configured weight: 0 means draining, whatever the probes say.
+    weight: u16,
 }
 
 #[derive(Default)]
@@ -67,23 +69,25 @@ impl Health {
                 let tracked = self.endpoints.entry(key).or_insert_with(|| Tracked {
                     health: EndpointHealth::new(probing),
                     check: service.health.clone(),
+                    weight: endpoint.weight,
                 });
                 if (tracked.check.probe == Probe::None) != !probing {
                     tracked.health = EndpointHealth::new(probing);
                 }
                 tracked.check = service.health.clone();
+                tracked.weight = endpoint.weight;
             }
         }
         self.endpoints.retain(|key, _| keep.contains(key));
     }
 
     /// Records a probe result; returns the state change, if any.
-    pub fn on_probe(&mut self, result: &ProbeResult, weight: u16) -> Option<Transition> {
+    pub fn on_probe(&mut self, result: &ProbeResult) -> Option<Transition> {
         let key = (result.service.clone(), result.endpoint);
         let tracked = self.endpoints.get_mut(&key)?;
-        let from = tracked.health.state(weight);
+        let from = tracked.health.state(tracked.weight);
         tracked.health.on_probe(result.ok, &tracked.check);
-        let to = tracked.health.state(weight);
+        let to = tracked.health.state(tracked.weight);
         (from != to).then_some(Transition { key, from, to })
     }
 
@@ -99,11 +103,6 @@ impl Health {
     ) -> Option<Transition> {
         let outlier = service.outlier.as_ref()?;
         let key = (service.name.clone(), endpoint);
-        let weight = service
-            .endpoints
-            .iter()
-            .find(|e| SocketAddr::new(e.address, e.port) == endpoint)?
-            .weight;
         let tracked = self.endpoints.get_mut(&key)?;
         if ok {
             tracked.health.on_connect_success();
@@ -128,30 +127,33 @@ impl Health {
             return None;
         }
         let tracked = self.endpoints.get_mut(&key)?;
-        let from = tracked.health.state(weight);
+        let from = tracked.health.state(tracked.weight);
         tracked.health.eject(outlier, now);
-        let to = tracked.health.state(weight);
+        let to = tracked.health.state(tracked.weight);
         (from != to).then_some(Transition { key, from, to })
     }
 
-    /// Ends ejections whose time is up.
-    pub fn expire_ejections(&mut self, config: &Config, now: Instant) -> Vec<Transition> {
+    /// Ends ejections whose time is up. Runs often, so it touches nothing else.
+    pub fn expire_ejections(&mut self, now: Instant) -> Vec<Transition> {
         let mut transitions = Vec::new();
-        for service in &config.services {
-            for endpoint in &service.endpoints {
-                let key = endpoint_key(service, endpoint);
-                let Some(tracked) = self.endpoints.get_mut(&key) else {
-                    continue;
-                };
-                let from = tracked.health.state(endpoint.weight);
-                if tracked
-                    .health
-                    .expire(now, tracked.check.probe != Probe::None)
-                {
-                    let to = tracked.health.state(endpoint.weight);
-                    transitions.push(Transition { key, from, to });
-                }
+        for (key, tracked) in &mut self.endpoints {
+            if tracked
+                .health
+                .ejected_until()
+                .is_none_or(|until| until > now)
+            {
+                continue;
             }
+            let from = tracked.health.state(tracked.weight);
+            tracked
+                .health
+                .expire(now, tracked.check.probe != Probe::None);
+            let to = tracked.health.state(tracked.weight);
+            transitions.push(Transition {
+                key: key.clone(),
+                from,
+                to,
+            });
         }
         transitions
     }
@@ -258,8 +260,8 @@ mod tests {
             .on_connect(service, addr, false, now)
             .expect("ejected");
         assert_eq!(t.to, State::Ejected);
-        assert!(health.expire_ejections(&config, now).is_empty());
-        let back = health.expire_ejections(&config, now + std::time::Duration::from_secs(1));
+        assert!(health.expire_ejections(now).is_empty());
+        let back = health.expire_ejections(now + std::time::Duration::from_secs(1));
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].to, State::Healthy, "no probing: back at expiry");
     }
