@@ -53,38 +53,76 @@ pub fn attach_all(
     })?;
     let mut attachments = Vec::with_capacity(PROGRAMS.len() + 1);
     for name in PROGRAMS {
-        let program: &mut CgroupSockAddr = program_mut(ebpf, name)?;
-        program.load().map_err(program_error(name))?;
-        let adopted = attach_or_adopt(
-            name,
-            raw_fd(program.fd(), name)?,
-            &links_dir.join(name),
-            || {
-                let id = program.attach(&cgroup_fd, CgroupAttachMode::Single)?;
-                FdLink::try_from(program.take_link(id)?).map_err(ProgramError::from)
-            },
-        )?;
-        attachments.push(Attachment {
-            program: name,
-            adopted,
-        });
+        attachments.push(attach_one::<CgroupSockAddr>(
+            ebpf, name, &cgroup_fd, links_dir,
+        )?);
     }
-    let program: &mut SockOps = program_mut(ebpf, SOCK_OPS)?;
-    program.load().map_err(program_error(SOCK_OPS))?;
-    let adopted = attach_or_adopt(
-        SOCK_OPS,
-        raw_fd(program.fd(), SOCK_OPS)?,
-        &links_dir.join(SOCK_OPS),
-        || {
-            let id = program.attach(&cgroup_fd, CgroupAttachMode::Single)?;
-            FdLink::try_from(program.take_link(id)?).map_err(ProgramError::from)
-        },
-    )?;
-    attachments.push(Attachment {
-        program: SOCK_OPS,
-        adopted,
-    });
+    attachments.push(attach_one::<SockOps>(
+        ebpf, SOCK_OPS, &cgroup_fd, links_dir,
+    )?);
     Ok(attachments)
+}
+
+/// The cgroup program types weft attaches; aya gives them the same methods but no trait.
+trait CgroupProgram {
+    fn load_program(&mut self) -> Result<(), ProgramError>;
+    fn raw_fd(&self) -> Result<i32, ProgramError>;
+    /// Attaches to the cgroup and hands over the link, for pinning.
+    fn attach_link(&mut self, cgroup: &File) -> Result<FdLink, ProgramError>;
+}
+
+macro_rules! cgroup_program {
+    ($type:ty) => {
+        impl CgroupProgram for $type {
+            fn load_program(&mut self) -> Result<(), ProgramError> {
+                self.load()
+            }
+
+            fn raw_fd(&self) -> Result<i32, ProgramError> {
+                Ok(self.fd()?.as_fd().as_raw_fd())
+            }
+
+            fn attach_link(&mut self, cgroup: &File) -> Result<FdLink, ProgramError> {
+                let id = self.attach(cgroup, CgroupAttachMode::Single)?;
+                Ok(FdLink::try_from(self.take_link(id)?)?)
+            }
+        }
+    };
+}
+
+cgroup_program!(CgroupSockAddr);
+cgroup_program!(SockOps);
+
+/// Loads a program, then swaps it into the link pinned under `links_dir` or attaches it anew
+/// and pins the link (the pin keeps it attached after the agent exits).
+fn attach_one<P>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &File,
+    links_dir: &Path,
+) -> Result<Attachment, DatapathError>
+where
+    P: CgroupProgram,
+    for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program: &mut P = program_mut(ebpf, name)?;
+    program.load_program().map_err(program_error(name))?;
+    let pin = links_dir.join(name);
+    let adopted = pin.exists();
+    if adopted {
+        let fd = program.raw_fd().map_err(program_error(name))?;
+        update_pinned_link(&pin, fd)?;
+    } else {
+        let link = program.attach_link(cgroup).map_err(program_error(name))?;
+        link.pin(&pin).map_err(|e| DatapathError::Link {
+            path: pin.clone(),
+            source: Box::new(e),
+        })?;
+    }
+    Ok(Attachment {
+        program: name,
+        adopted,
+    })
 }
 
 fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DatapathError>
@@ -100,40 +138,11 @@ where
         .map_err(program_error(name))
 }
 
-/// The program's fd as a plain number: it stays open while the program is loaded, and the
-/// number does not borrow the program we are about to attach.
-fn raw_fd(
-    fd: Result<&aya::programs::ProgramFd, ProgramError>,
-    name: &'static str,
-) -> Result<i32, DatapathError> {
-    Ok(fd.map_err(program_error(name))?.as_fd().as_raw_fd())
-}
-
 fn program_error(program: &'static str) -> impl Fn(ProgramError) -> DatapathError {
     move |source| DatapathError::Program {
         program,
         source: Box::new(source),
     }
-}
-
-/// Swaps the loaded program into the link pinned at `pin`, or attaches anew and pins the
-/// link (the pin keeps it attached after the agent exits). True if adopted.
-fn attach_or_adopt(
-    name: &'static str,
-    program_fd: i32,
-    pin: &Path,
-    attach: impl FnOnce() -> Result<FdLink, ProgramError>,
-) -> Result<bool, DatapathError> {
-    if pin.exists() {
-        update_pinned_link(pin, program_fd)?;
-        return Ok(true);
-    }
-    let link = attach().map_err(program_error(name))?;
-    link.pin(pin).map_err(|e| DatapathError::Link {
-        path: pin.to_path_buf(),
-        source: Box::new(e),
-    })?;
-    Ok(false)
 }
 
 /// BPF_LINK_UPDATE on a pinned link: the kernel swaps the program atomically.

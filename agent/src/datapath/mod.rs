@@ -46,7 +46,6 @@ pub struct Datapath {
     installed: Installed,
     /// Holds the programs (and the links it manages) for the agent's lifetime.
     _ebpf: Ebpf,
-    pub attachments: Vec<attach::Attachment>,
 }
 
 impl Datapath {
@@ -99,7 +98,6 @@ impl Datapath {
             events,
             installed,
             _ebpf: ebpf,
-            attachments,
         })
     }
 
