@@ -1,9 +1,10 @@
-//! Real backends that answer with their own name: TCP (name line, then echo) and UDP (name
-//! per datagram). Each runs on threads inside the test's network namespace.
+//! Real backends that answer with their own name: TCP (name line, then echo), UDP (name per
+//! datagram) and HTTP (a status the test controls, name as body). Each runs on threads
+//! inside the test's network namespace and stops when told or dropped.
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, UdpSocket},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU16, Ordering},
@@ -16,21 +17,44 @@ use crate::NetNs;
 
 #[derive(Default)]
 pub struct Backends {
-    running: Vec<Box<dyn Stoppable>>,
+    running: Vec<Server>,
 }
 
 impl Backends {
     /// Starts a TCP backend; the returned index can `stop` it.
     pub fn tcp(&mut self, netns: &NetNs, addr: &str, name: &str) -> usize {
-        self.running
-            .push(Box::new(TcpBackend::start(netns, addr, name)));
-        self.running.len() - 1
+        let line = format!("{name}\n");
+        self.start(netns, addr, move |stream, stop| echo(stream, &line, stop))
     }
 
     /// Starts an HTTP backend answering every request with `status` and its name.
     pub fn http(&mut self, netns: &NetNs, addr: &str, name: &str, status: Arc<AtomicU16>) {
-        self.running
-            .push(Box::new(HttpBackend::start(netns, addr, name, status)));
+        let name = name.to_string();
+        self.start(netns, addr, move |stream, _| {
+            answer_http(stream, &name, status.load(Ordering::Relaxed))
+        });
+    }
+
+    pub fn udp(&mut self, netns: &NetNs, addr: &str, name: &str) {
+        let addr = parse(addr);
+        let name = name.to_string();
+        let server = Server::start(
+            netns,
+            move || {
+                let socket = UdpSocket::bind(addr).expect("backend bind");
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(50)))
+                    .expect("timeout");
+                socket
+            },
+            move |socket, _| {
+                let mut buf = [0u8; 1500];
+                if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(name.as_bytes(), from);
+                }
+            },
+        );
+        self.running.push(server);
     }
 
     /// Stops one backend: its listener closes, so connects to it are refused.
@@ -38,200 +62,130 @@ impl Backends {
         self.running[index].stop();
     }
 
-    pub fn udp(&mut self, netns: &NetNs, addr: &str, name: &str) {
-        self.running
-            .push(Box::new(UdpBackend::start(netns, addr, name)));
-    }
-
     pub fn stop_all(&mut self) {
-        self.running.drain(..).for_each(|mut b| b.stop());
+        self.running.iter_mut().for_each(Server::stop);
+        self.running.clear();
+    }
+
+    /// A TCP listener whose accepted connections each get a thread running `handle`.
+    fn start(
+        &mut self,
+        netns: &NetNs,
+        addr: &str,
+        handle: impl Fn(TcpStream, &AtomicBool) + Clone + Send + 'static,
+    ) -> usize {
+        let addr = parse(addr);
+        let server = Server::start(
+            netns,
+            move || {
+                let listener = TcpListener::bind(addr).expect("backend bind");
+                listener.set_nonblocking(true).expect("nonblocking");
+                listener
+            },
+            move |listener, stop| match listener.accept() {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nonblocking(false);
+                    let (handle, stop) = (handle.clone(), Arc::clone(stop));
+                    std::thread::spawn(move || handle(stream, &stop));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            },
+        );
+        self.running.push(server);
+        self.running.len() - 1
     }
 }
 
-trait Stoppable {
-    fn stop(&mut self);
+fn parse(addr: &str) -> SocketAddr {
+    addr.parse().expect("backend address")
 }
 
-pub struct TcpBackend {
+/// Sends the name line, then echoes until the client closes or the backend stops.
+fn echo(mut stream: TcpStream, line: &str, stop: &AtomicBool) {
+    if stream.write_all(line.as_bytes()).is_err() {
+        return;
+    }
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Reads one request head and answers it with `code` and the name, then closes.
+fn answer_http(mut stream: TcpStream, name: &str, code: u16) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut request = [0u8; 1024];
+    let mut read = 0;
+    while read < request.len() {
+        match stream.read(&mut request[read..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => read += n,
+        }
+        if request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let response = format!(
+        "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
+        name.len()
+    );
+    let _ = stream.write_all(response.as_bytes());
+}
+
+/// A thread in the namespace that binds once, then runs `serve` until stopped. `start`
+/// returns only once the socket is bound, so a test never races its own backend.
+struct Server {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl TcpBackend {
-    pub fn start(netns: &NetNs, addr: &str, name: &str) -> TcpBackend {
-        let addr: SocketAddr = addr.parse().expect("backend address");
+impl Server {
+    fn start<S: 'static>(
+        netns: &NetNs,
+        bind: impl FnOnce() -> S + Send + 'static,
+        mut serve: impl FnMut(&mut S, &Arc<AtomicBool>) + Send + 'static,
+    ) -> Server {
         let stop = Arc::new(AtomicBool::new(false));
-        let name = format!("{name}\n");
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let stop_flag = Arc::clone(&stop);
         let thread = netns.spawn(move || {
-            let listener = TcpListener::bind(addr).expect("backend bind");
-            listener.set_nonblocking(true).expect("nonblocking");
+            let mut socket = bind();
             ready_tx.send(()).expect("ready");
             while !stop_flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut stream, _)) => {
-                        let name = name.clone();
-                        let stop = Arc::clone(&stop_flag);
-                        std::thread::spawn(move || {
-                            let _ = stream.set_nonblocking(false);
-                            if stream.write_all(name.as_bytes()).is_err() {
-                                return;
-                            }
-                            let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-                            let mut buf = [0u8; 4096];
-                            while !stop.load(Ordering::Relaxed) {
-                                match stream.read(&mut buf) {
-                                    Ok(0) => return,
-                                    Ok(n) => {
-                                        if stream.write_all(&buf[..n]).is_err() {
-                                            return;
-                                        }
-                                    }
-                                    Err(e)
-                                        if e.kind() == std::io::ErrorKind::WouldBlock
-                                            || e.kind() == std::io::ErrorKind::TimedOut => {}
-                                    Err(_) => return,
-                                }
-                            }
-                        });
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
-                }
+                serve(&mut socket, &stop_flag);
             }
         });
         ready_rx.recv().expect("backend started");
-        TcpBackend {
+        Server {
             stop,
             thread: Some(thread),
         }
     }
-}
 
-impl Stoppable for TcpBackend {
     fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
 
-pub struct UdpBackend {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl UdpBackend {
-    pub fn start(netns: &NetNs, addr: &str, name: &str) -> UdpBackend {
-        let addr: SocketAddr = addr.parse().expect("backend address");
-        let stop = Arc::new(AtomicBool::new(false));
-        let name = name.to_string();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let stop_flag = Arc::clone(&stop);
-        let thread = netns.spawn(move || {
-            let socket = UdpSocket::bind(addr).expect("backend bind");
-            socket
-                .set_read_timeout(Some(Duration::from_millis(50)))
-                .expect("timeout");
-            ready_tx.send(()).expect("ready");
-            let mut buf = [0u8; 1500];
-            while !stop_flag.load(Ordering::Relaxed) {
-                if let Ok((_, from)) = socket.recv_from(&mut buf) {
-                    let _ = socket.send_to(name.as_bytes(), from);
-                }
-            }
-        });
-        ready_rx.recv().expect("backend started");
-        UdpBackend {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Stoppable for UdpBackend {
-    fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for TcpBackend {
+impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-impl Drop for UdpBackend {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A minimal HTTP/1.1 server: every request gets `status` and the backend's name as body,
-/// and the connection closes. Lets a test make a backend fail its HTTP health check.
-pub struct HttpBackend {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl HttpBackend {
-    pub fn start(netns: &NetNs, addr: &str, name: &str, status: Arc<AtomicU16>) -> HttpBackend {
-        let addr: SocketAddr = addr.parse().expect("backend address");
-        let stop = Arc::new(AtomicBool::new(false));
-        let name = name.to_string();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let stop_flag = Arc::clone(&stop);
-        let thread = netns.spawn(move || {
-            let listener = TcpListener::bind(addr).expect("backend bind");
-            listener.set_nonblocking(true).expect("nonblocking");
-            ready_tx.send(()).expect("ready");
-            while !stop_flag.load(Ordering::Relaxed) {
-                let Ok((mut stream, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(1));
-                    continue;
-                };
-                let _ = stream.set_nonblocking(false);
-                let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-                let mut request = [0u8; 1024];
-                let mut read = 0;
-                // Read up to the end of the request head.
-                while read < request.len() {
-                    match stream.read(&mut request[read..]) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => read += n,
-                    }
-                    if request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                let code = status.load(Ordering::Relaxed);
-                let response = format!(
-                    "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
-                    name.len()
-                );
-                let _ = stream.write_all(response.as_bytes());
-            }
-        });
-        ready_rx.recv().expect("backend started");
-        HttpBackend {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Stoppable for HttpBackend {
-    fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }

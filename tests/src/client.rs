@@ -75,6 +75,25 @@ pub fn http_get_name(service: SocketAddr) -> std::io::Result<String> {
         .to_string())
 }
 
+/// `count` HTTP requests; tallies which backend answered.
+pub fn tally_http(service: SocketAddr, count: usize) -> BTreeMap<String, usize> {
+    let mut tally = BTreeMap::new();
+    for i in 0..count {
+        let name =
+            http_get_name(service).unwrap_or_else(|e| panic!("request #{i} to {service}: {e}"));
+        *tally.entry(name).or_insert(0) += 1;
+    }
+    tally
+}
+
+/// How a connect to `target` fails; panics if it succeeds.
+pub fn connect_error_kind(target: SocketAddr) -> std::io::ErrorKind {
+    match TcpStream::connect_timeout(&target, Duration::from_secs(1)) {
+        Ok(_) => panic!("connect to {target} succeeded; expected it to fail"),
+        Err(e) => e.kind(),
+    }
+}
+
 /// Share of `name` in a tally, in percent.
 pub fn share(tally: &BTreeMap<String, usize>, name: &str) -> f64 {
     let total: usize = tally.values().sum();

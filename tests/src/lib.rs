@@ -13,7 +13,7 @@ pub mod netns;
 use std::sync::{Mutex, MutexGuard};
 
 pub use agent::Agent;
-pub use backend::{Backends, TcpBackend, UdpBackend};
+pub use backend::Backends;
 pub use cgroup::Cgroup;
 pub use netns::NetNs;
 

@@ -145,16 +145,7 @@ fn http_probe_503_takes_a_backend_out_and_200_brings_it_back() {
         service("web", health, &[("127.0.0.2", 1), ("127.0.0.3", 1)])
     ));
     let service: SocketAddr = "10.96.0.10:80".parse().unwrap();
-    let tally = |n| {
-        env.client(move || {
-            let mut t = std::collections::BTreeMap::new();
-            for _ in 0..n {
-                *t.entry(client::http_get_name(service).expect("http"))
-                    .or_insert(0) += 1;
-            }
-            t
-        })
-    };
+    let tally = |n| env.client(move || client::tally_http(service, n));
     let both = tally(200);
     assert!(share(&both, "b") > 30.0, "{both:?}");
 
@@ -193,14 +184,7 @@ fn panic_spreads_over_all_endpoints_by_weight_and_can_be_turned_off() {
     env.agent_mut()
         .wait_for_log(0, "panic mode", Duration::from_secs(3));
     let service: SocketAddr = "10.96.0.10:80".parse().unwrap();
-    let tally = env.client(move || {
-        let mut t = std::collections::BTreeMap::new();
-        for _ in 0..1000 {
-            *t.entry(client::http_get_name(service).expect("http"))
-                .or_insert(0) += 1;
-        }
-        t
-    });
+    let tally = env.client(move || client::tally_http(service, 1000));
     println!("panic (all endpoints unhealthy), weights 1:3: {tally:?}");
     assert!((share(&tally, "a") - 25.0).abs() <= 4.0, "{tally:?}");
 
@@ -209,11 +193,8 @@ fn panic_spreads_over_all_endpoints_by_weight_and_can_be_turned_off() {
         .write_config(&config.replace("    health:", "    panic_threshold: 0\n    health:"));
     env.agent_mut()
         .wait_for_log(mark, "config applied", Duration::from_secs(2));
-    let error = env.client(move || {
-        std::net::TcpStream::connect_timeout(&service, Duration::from_secs(1))
-            .expect_err("no healthy endpoint and no panic: refuse")
-            .kind()
-    });
+    // No healthy endpoint and no panic: refuse.
+    let error = env.client(move || client::connect_error_kind(service));
     assert_eq!(error, std::io::ErrorKind::ConnectionRefused);
 }
 

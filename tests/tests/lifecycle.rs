@@ -171,10 +171,6 @@ fn sigterm_leaves_traffic_flowing_and_reset_removes_everything() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // With nothing attached, the service address is just an unroutable address again.
-    let error = env.client(move || {
-        std::net::TcpStream::connect_timeout(&service, Duration::from_secs(1))
-            .expect_err("no translation after reset")
-            .kind()
-    });
+    let error = env.client(move || client::connect_error_kind(service));
     assert_eq!(error, std::io::ErrorKind::NetworkUnreachable);
 }

@@ -163,14 +163,8 @@ fn non_service_traffic_is_untouched() {
     assert_eq!(name, "direct");
     assert_eq!(peer, "127.0.0.9:9000".parse::<SocketAddr>().unwrap());
     assert_eq!(name80, "direct-80");
-    let other_port = env.client(|| {
-        std::net::TcpStream::connect_timeout(
-            &"10.96.0.10:81".parse().unwrap(),
-            Duration::from_secs(1),
-        )
-        .expect_err("nothing serves 10.96.0.10:81 in the test namespace")
-        .kind()
-    });
+    // Nothing serves 10.96.0.10:81 in the test namespace.
+    let other_port = env.client(|| client::connect_error_kind("10.96.0.10:81".parse().unwrap()));
     // Untranslated: the namespace has no route to 10.96.0.0/16.
     assert_eq!(other_port, std::io::ErrorKind::NetworkUnreachable);
 }
