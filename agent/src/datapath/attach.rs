@@ -6,7 +6,7 @@ use std::{
     ffi::CString,
     fs::File,
     os::{
-        fd::{AsFd as _, AsRawFd as _},
+        fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
     },
     path::Path,
@@ -156,37 +156,30 @@ fn update_pinned_link(pin: &Path, program_fd: i32) -> Result<(), DatapathError> 
     let path = CString::new(pin.as_os_str().as_bytes())
         .map_err(|e| link_error(std::io::Error::other(e)))?;
     // bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
-    let mut attr = [0u64; 8];
-    attr[0] = path.as_ptr() as u64;
-    // SAFETY: attr outlives the call and is larger than the union member the kernel reads.
-    let link_fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if link_fd < 0 {
-        return Err(link_error(std::io::Error::last_os_error()));
-    }
+    let fd = bpf(BPF_OBJ_GET, [path.as_ptr() as u64, 0, 0, 0, 0, 0, 0, 0]).map_err(link_error)?;
+    // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns; dropping closes it, and
+    // the pin keeps the link.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     // bpf_attr for BPF_LINK_UPDATE: link_fd (u32), new_prog_fd (u32), flags, old_prog_fd.
-    let mut attr = [0u64; 8];
-    attr[0] = (link_fd as u64 & 0xffff_ffff) | ((program_fd as u64) << 32);
-    // SAFETY: as above.
+    let fds = (link.as_raw_fd() as u64 & 0xffff_ffff) | ((program_fd as u64) << 32);
+    bpf(BPF_LINK_UPDATE, [fds, 0, 0, 0, 0, 0, 0, 0]).map_err(link_error)?;
+    Ok(())
+}
+
+/// bpf(2) with an attribute block larger than any union member used here.
+fn bpf(cmd: libc::c_long, mut attr: [u64; 8]) -> std::io::Result<libc::c_long> {
+    // SAFETY: attr lives across the call; the kernel reads at most size_of_val(&attr) bytes
+    // and requires the unused tail to be zero, which it is.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_LINK_UPDATE,
+            cmd,
             attr.as_mut_ptr(),
             std::mem::size_of_val(&attr),
         )
     };
-    let error = std::io::Error::last_os_error();
-    // SAFETY: closing the fd BPF_OBJ_GET gave us; the pin keeps the link.
-    unsafe { libc::close(link_fd as i32) };
     if rc < 0 {
-        return Err(link_error(error));
+        return Err(std::io::Error::last_os_error());
     }
-    Ok(())
+    Ok(rc)
 }
