@@ -1,6 +1,6 @@
 //! `weft agent`: load the datapath, apply the config, follow its changes until signalled.
 
-use std::{path::PathBuf, time::Instant};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Instant};
 
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -9,10 +9,11 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    api::{self, ApiError, Shared, Snapshot, view::ProgramView},
     config::{Config, ConfigError},
     datapath::{self, ApplyReport, Datapath, DatapathError},
     health::{self, Health, ProbeResult, Prober},
-    plan::{desired_state, diff, resolve::Resolver},
+    plan::{desired_state, diff},
     source,
 };
 
@@ -20,6 +21,8 @@ pub struct Options {
     pub config: PathBuf,
     pub cgroup: Option<PathBuf>,
     pub bpffs_dir: PathBuf,
+    pub admin_socket: PathBuf,
+    pub metrics_addr: SocketAddr,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +33,8 @@ pub enum DaemonError {
     Datapath(#[from] DatapathError),
     #[error(transparent)]
     Watch(#[from] source::file::WatchError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -46,15 +51,15 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
         },
     })?;
     // A bad file at start: refuse to start. Whatever an earlier agent pinned keeps serving.
-    let mut config = String::from_utf8(bytes.clone())
+    let config = String::from_utf8(bytes.clone())
         .map_err(|_| ConfigError::single("", "the file is not UTF-8 text"))
         .and_then(|text| Config::parse(&text))
         .map_err(|source| DaemonError::Config {
             path: options.config.clone(),
             source,
         })?;
-    let cgroup = match options.cgroup {
-        Some(path) => path,
+    let cgroup = match &options.cgroup {
+        Some(path) => path.clone(),
         None => datapath::discover_cgroup2_root()?,
     };
     let mut datapath = Datapath::open(&datapath::Options {
@@ -62,86 +67,183 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
         cgroup: cgroup.clone(),
     })?;
     info!(cgroup = %cgroup.display(), bpffs = %options.bpffs_dir.display(), "datapath ready");
-    let mut generation: u64 = 1;
-    let mut health = Health::default();
-    health.sync(&config);
-    let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(4096);
-    let mut prober = Prober::new(probe_tx);
-    prober.sync(&config);
-    first_probe_round(&mut probe_rx, &mut health, &config, prober.len()).await;
-    apply(
-        &mut datapath,
-        &config,
-        &mut health,
-        generation,
-        "config applied",
-    );
-    let mut resolver = Resolver::new(datapath.installed(), &config);
-    let mut events = spawn_event_reader(&mut datapath);
-    let mut ejection_check = tokio::time::interval(std::time::Duration::from_millis(50));
+    let observer = datapath
+        .take_observer()
+        .expect("a freshly opened datapath has its observer");
+    let shared = Arc::new(Shared::new(observer));
+    api::metrics::serve(options.metrics_addr, shared.clone()).await?;
+    api::admin::serve(options.admin_socket.clone(), shared.clone()).await?;
+    info!(admin = %options.admin_socket.display(), metrics = %options.metrics_addr, "listening");
+    let mut agent = Agent {
+        datapath,
+        config,
+        health: Health::default(),
+        generation: 1,
+        shared,
+    };
+    let result = agent
+        .serve(&options, bytes, &mut sigterm, &mut sigint)
+        .await;
+    api::admin::unbind(&options.admin_socket);
+    info!("exiting; programs and maps stay pinned so traffic keeps flowing");
+    result
+}
 
-    let mut updates = source::file::watch(options.config.clone(), bytes)?;
-    loop {
-        tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            update = updates.recv() => match update {
-                Some(Ok(new)) if new == config => {}
-                Some(Ok(new)) => {
-                    generation += 1;
-                    config = new;
-                    health.sync(&config);
-                    prober.sync(&config);
-                    apply(&mut datapath, &config, &mut health, generation, "config applied");
-                    resolver = Resolver::new(datapath.installed(), &config);
-                }
-                Some(Err(e)) => {
-                    warn!(
-                        path = %options.config.display(),
-                        generation,
-                        "config rejected, the running config (generation {generation}) keeps serving: {e}"
-                    );
-                }
-                None => break,
-            },
-            Some(first) = probe_rx.recv() => {
-                // Take every result already waiting, then reconcile once.
-                let mut changed = record_probe(&mut health, &first);
-                while let Ok(result) = probe_rx.try_recv() {
-                    changed |= record_probe(&mut health, &result);
-                }
-                if changed {
-                    apply(&mut datapath, &config, &mut health, generation, "health change applied");
-                }
-            }
-            Some(batch) = events.recv() => {
-                let now = std::time::Instant::now();
-                let mut changed = false;
-                for event in batch {
-                    let Some((index, endpoint)) = resolver.resolve(event.service_id, event.backend_id) else {
-                        continue;
-                    };
-                    let ok = event.kind == weft_common::event::ESTABLISHED;
-                    if let Some(t) = health.on_connect(&config.services[index], endpoint, ok, now) {
-                        log_transition(&t);
-                        changed = true;
+/// The running agent: what it applied and what it knows about endpoint health.
+struct Agent {
+    datapath: Datapath,
+    config: Config,
+    health: Health,
+    generation: u64,
+    shared: Arc<Shared>,
+}
+
+impl Agent {
+    async fn serve(
+        &mut self,
+        options: &Options,
+        bytes: Vec<u8>,
+        sigterm: &mut tokio::signal::unix::Signal,
+        sigint: &mut tokio::signal::unix::Signal,
+    ) -> Result<(), DaemonError> {
+        self.health.sync(&self.config);
+        let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(4096);
+        let mut prober = Prober::new(probe_tx);
+        prober.sync(&self.config);
+        first_probe_round(&mut probe_rx, &mut self.health, &self.config, prober.len()).await;
+        self.apply("config applied");
+        let mut events = spawn_event_reader(&mut self.datapath);
+        let mut ejection_check = tokio::time::interval(std::time::Duration::from_millis(50));
+
+        let mut updates = source::file::watch(options.config.clone(), bytes)?;
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+                update = updates.recv() => match update {
+                    Some(Ok(new)) if new == self.config => {}
+                    Some(Ok(new)) => {
+                        self.generation += 1;
+                        self.config = new;
+                        self.health.sync(&self.config);
+                        prober.sync(&self.config);
+                        self.apply("config applied");
+                        self.shared.metrics.config_reloaded(true);
+                    }
+                    Some(Err(e)) => {
+                        let generation = self.generation;
+                        self.shared.metrics.config_reloaded(false);
+                        warn!(
+                            path = %options.config.display(),
+                            generation,
+                            "config rejected, the running config (generation {generation}) keeps serving: {e}"
+                        );
+                    }
+                    None => break,
+                },
+                Some(first) = probe_rx.recv() => {
+                    // Take every result already waiting, then reconcile once.
+                    let mut changed = record_probe(&mut self.health, &first);
+                    while let Ok(result) = probe_rx.try_recv() {
+                        changed |= record_probe(&mut self.health, &result);
+                    }
+                    if changed {
+                        self.apply("health change applied");
                     }
                 }
-                if changed {
-                    apply(&mut datapath, &config, &mut health, generation, "health change applied");
+                Some(batch) = events.recv() => {
+                    if self.on_connection_events(&batch) {
+                        self.apply("health change applied");
+                    }
                 }
-            }
-            _ = ejection_check.tick() => {
-                let transitions = health.expire_ejections(std::time::Instant::now());
-                transitions.iter().for_each(log_transition);
-                if !transitions.is_empty() {
-                    apply(&mut datapath, &config, &mut health, generation, "health change applied");
+                _ = ejection_check.tick() => {
+                    let transitions = self.health.expire_ejections(Instant::now());
+                    transitions.iter().for_each(log_transition);
+                    if !transitions.is_empty() {
+                        self.apply("health change applied");
+                    }
                 }
             }
         }
+        Ok(())
     }
-    info!("exiting; programs and maps stay pinned so traffic keeps flowing");
-    Ok(())
+
+    /// Counts the kernel's connection events and feeds connect outcomes to passive failure
+    /// detection; true if an endpoint changed state.
+    fn on_connection_events(&mut self, batch: &[weft_common::ConnRecord]) -> bool {
+        let now = Instant::now();
+        let mut changed = false;
+        for event in self.shared.record_events(batch) {
+            let ok = match event.kind {
+                weft_common::event::ESTABLISHED => true,
+                weft_common::event::CONNECT_FAILED => false,
+                _ => continue,
+            };
+            let service = &self.config.services[event.service];
+            if let Some(t) = self.health.on_connect(service, event.endpoint, ok, now) {
+                log_transition(&t);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Recomputes effective weights, writes what changed and publishes the result.
+    fn apply(&mut self, what: &'static str) {
+        let started = Instant::now();
+        let generation = self.generation;
+        let (weights, panic_changes) = self.health.effective(&self.config);
+        for (service, panicking) in panic_changes {
+            if panicking {
+                warn!(
+                    service,
+                    "panic mode: too little healthy weight, routing to every endpoint by configured weight"
+                );
+            } else {
+                info!(service, "panic mode over: routing by health again");
+            }
+        }
+        let desired = desired_state(&self.config, |service, endpoint| {
+            weights
+                .by_endpoint
+                .get(&health::endpoint_key(service, endpoint))
+                .copied()
+                .unwrap_or(0)
+        });
+        let changes = diff(self.datapath.installed(), &desired);
+        let report: ApplyReport = self.datapath.apply(changes);
+        let programs = self
+            .datapath
+            .programs()
+            .map(|(name, adopted)| ProgramView {
+                name: name.to_string(),
+                adopted,
+            })
+            .collect();
+        self.shared.publish(Snapshot::build(
+            generation,
+            &self.config,
+            &self.health,
+            &weights,
+            self.datapath.installed(),
+            programs,
+        ));
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        for failure in &report.failures {
+            error!(generation, "{failure}");
+        }
+        info!(
+            generation,
+            services = self.config.services.len(),
+            written = report.services_written,
+            removed = report.services_removed,
+            backends_added = report.backends_added,
+            backends_removed = report.backends_removed,
+            failures = report.failures.len(),
+            elapsed_ms,
+            "{what}"
+        );
+    }
 }
 
 /// Feeds one probe result to the health state; true if an endpoint changed state.
@@ -170,7 +272,7 @@ fn log_transition(transition: &health::Transition) {
 
 /// Moves the ring-buffer reader to its own task (the map's one owner); batches of events
 /// come back over a channel.
-fn spawn_event_reader(datapath: &mut Datapath) -> mpsc::Receiver<Vec<weft_common::ConnEvent>> {
+fn spawn_event_reader(datapath: &mut Datapath) -> mpsc::Receiver<Vec<weft_common::ConnRecord>> {
     let (tx, rx) = mpsc::channel(256);
     if let Some(mut reader) = datapath.take_events() {
         tokio::spawn(async move {
@@ -182,7 +284,7 @@ fn spawn_event_reader(datapath: &mut Datapath) -> mpsc::Receiver<Vec<weft_common
                         }
                     }
                     Err(e) => {
-                        error!(error = %e, "reading connection events failed; passive detection stops");
+                        error!(error = %e, "reading connection events failed; statistics and passive detection stop");
                         return;
                     }
                 }
@@ -218,49 +320,4 @@ async fn first_probe_round(
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
-}
-
-fn apply(
-    datapath: &mut Datapath,
-    config: &Config,
-    health: &mut Health,
-    generation: u64,
-    what: &'static str,
-) {
-    let started = Instant::now();
-    let (weights, panic_changes) = health.effective(config);
-    for (service, panicking) in panic_changes {
-        if panicking {
-            warn!(
-                service,
-                "panic mode: too little healthy weight, routing to every endpoint by configured weight"
-            );
-        } else {
-            info!(service, "panic mode over: routing by health again");
-        }
-    }
-    let desired = desired_state(config, |service, endpoint| {
-        weights
-            .by_endpoint
-            .get(&health::endpoint_key(service, endpoint))
-            .copied()
-            .unwrap_or(0)
-    });
-    let changes = diff(datapath.installed(), &desired);
-    let report: ApplyReport = datapath.apply(changes);
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    for failure in &report.failures {
-        error!(generation, "{failure}");
-    }
-    info!(
-        generation,
-        services = config.services.len(),
-        written = report.services_written,
-        removed = report.services_removed,
-        backends_added = report.backends_added,
-        backends_removed = report.backends_removed,
-        failures = report.failures.len(),
-        elapsed_ms,
-        "{what}"
-    );
 }

@@ -1,4 +1,6 @@
 //! weft: an eBPF-accelerated node-level L4 service mesh agent.
+pub mod api;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
@@ -6,3 +8,4 @@ pub mod health;
 pub mod logging;
 pub mod plan;
 pub mod source;
+pub mod stats;

@@ -2,10 +2,14 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
-use weft::{daemon, datapath, logging};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use weft::{
+    cli::{self, Format, Query},
+    daemon, datapath, logging,
+};
 
 const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/weft";
+const DEFAULT_ADMIN_SOCKET: &str = "/run/weft/weft.sock";
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +31,42 @@ enum Command {
         #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
         bpffs_dir: PathBuf,
     },
+    /// Programs attached, map usage, counts, config generation, services in panic mode.
+    Status(Output),
+    /// Services with each endpoint's health state and effective weight.
+    Services(Output),
+    /// Endpoints (of one service, or all) with their connection totals.
+    Endpoints {
+        /// Only this service's endpoints.
+        service: Option<String>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Live translated connections with the kernel's counters.
+    Conns {
+        /// Only connections to this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Print each connection event (opened, closed, connect_failed) as it happens.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Connection totals per service since the agent started.
+    Stats(Output),
+    /// Prints shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(clap::Args)]
+struct Output {
+    /// `table` for people, `json` for tools (field names per the interface contract).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// The running agent's admin socket.
+    #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
+    admin_socket: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -41,7 +81,7 @@ struct AgentArgs {
     #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
     bpffs_dir: PathBuf,
     /// Unix socket of the admin API.
-    #[arg(long, default_value = "/run/weft/weft.sock")]
+    #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
     admin_socket: PathBuf,
     /// Address of the Prometheus metrics listener.
     #[arg(long, default_value = "127.0.0.1:9464")]
@@ -72,6 +112,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config: args.config,
                 cgroup: args.cgroup,
                 bpffs_dir: args.bpffs_dir,
+                admin_socket: args.admin_socket,
+                metrics_addr: args.metrics_addr,
             }))?;
             Ok(())
         }
@@ -83,6 +125,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 report.maps_removed,
                 bpffs_dir.display()
             );
+            Ok(())
+        }
+        Command::Status(o) => cli::run(Query::Status, o.format, o.admin_socket),
+        Command::Services(o) => cli::run(Query::Services, o.format, o.admin_socket),
+        Command::Endpoints { service, output: o } => {
+            cli::run(Query::Endpoints { service }, o.format, o.admin_socket)
+        }
+        Command::Conns {
+            service,
+            follow,
+            output: o,
+        } => cli::run(Query::Conns { service, follow }, o.format, o.admin_socket),
+        Command::Stats(o) => cli::run(Query::Stats, o.format, o.admin_socket),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "weft", &mut std::io::stdout());
             Ok(())
         }
     }

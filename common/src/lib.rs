@@ -18,7 +18,9 @@ pub mod maps {
     pub const BACKENDS: &str = "WEFT_BACKEND_V1";
     pub const MAGLEV: &str = "WEFT_MAGLEV_V1";
     pub const REVNAT: &str = "WEFT_REVNAT_V1";
-    pub const EVENTS: &str = "WEFT_EVENTS_V1";
+    pub const EVENTS: &str = "WEFT_EVENTS_V2";
+    pub const CONNS: &str = "WEFT_CONNS_V1";
+    pub const LOST: &str = "WEFT_LOST_V1";
 
     /// Services (address, port, protocol) the kernel translates.
     pub const SERVICES_CAPACITY: u32 = 65_536;
@@ -31,6 +33,8 @@ pub mod maps {
     pub const REVNAT_CAPACITY: u32 = 131_072;
     /// Bytes of the connection-event ring buffer (a power of two, page aligned).
     pub const EVENTS_BYTES: u32 = 1 << 20;
+    /// Live translated TCP connections the kernel follows (LRU: the oldest go first).
+    pub const CONNS_CAPACITY: u32 = 131_072;
 }
 
 /// Flag for hash maps whose elements are allocated on insert: memory follows use, and a
@@ -120,23 +124,65 @@ pub struct RevNatValue {
     pub backend_id: u32,
 }
 
-/// What happened to a translated TCP connection (`ConnEvent::kind`).
+/// What happened to a translated TCP connection (`ConnRecord::kind` of an event).
 pub mod event {
     /// The handshake completed.
-    pub const ESTABLISHED: u32 = 1;
+    pub const ESTABLISHED: u8 = 1;
     /// The connect failed: refused (RST) or timed out in SYN_SENT.
-    pub const CONNECT_FAILED: u32 = 2;
+    pub const CONNECT_FAILED: u8 = 2;
+    /// An established connection closed; the record holds its final counters.
+    pub const CLOSED: u8 = 3;
 }
 
-/// One record of `WEFT_EVENTS_V1`.
+/// One translated TCP connection: the value of `WEFT_CONNS_V1` (keyed by socket cookie) while
+/// it lives, and the record of `WEFT_EVENTS_V2` when it opens, fails or closes. The counters
+/// are the kernel's own socket fields, copied at the last callback.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct ConnEvent {
-    pub kind: u32,
+pub struct ConnRecord {
+    pub cookie: u64,
+    /// CLOCK_BOOTTIME nanoseconds at connect.
+    pub start_ns: u64,
+    /// CLOCK_BOOTTIME nanoseconds at the last update.
+    pub update_ns: u64,
+    /// Payload bytes the peer acknowledged (what was sent, exactly once).
+    pub bytes_acked: u64,
+    /// Payload bytes received.
+    pub bytes_received: u64,
+    /// The socket's own address and the endpoint's.
+    pub src_addr: Addr,
+    pub dst_addr: Addr,
     pub service_id: u32,
     pub backend_id: u32,
-    pub _pad: u32,
-    pub cookie: u64,
+    pub segs_in: u32,
+    pub segs_out: u32,
+    /// Smoothed round-trip time in microseconds.
+    pub srtt_us: u32,
+    pub total_retrans: u32,
+    /// Network byte order.
+    pub src_port: u16,
+    /// Network byte order.
+    pub dst_port: u16,
+    pub family: u8,
+    /// The kernel's TCP state (1 = ESTABLISHED, 2 = SYN_SENT, ... 7 = CLOSE).
+    pub state: u8,
+    /// An `event` kind in ring-buffer records; 0 in the live map.
+    pub kind: u8,
+    /// `conn_flags` bits: which FINs the counters include.
+    pub flags: u8,
+}
+
+/// Bits of `ConnRecord::flags`. The kernel's byte counters count sequence space, so the
+/// SYN and each FIN add one; these bits let the agent take them out again.
+pub mod conn_flags {
+    /// This side sent its FIN.
+    pub const FIN_SENT: u8 = 1;
+    /// The peer acknowledged our FIN (counted in `bytes_acked`).
+    pub const FIN_ACKED: u8 = 2;
+    /// The peer's FIN arrived (counted in `bytes_received`).
+    pub const FIN_RECEIVED: u8 = 4;
+    /// The handshake completed (the SYN is counted in `bytes_acked`).
+    pub const ESTABLISHED: u8 = 8;
 }
 
 #[cfg(feature = "user")]
@@ -150,5 +196,5 @@ mod pod {
     unsafe impl aya::Pod for MaglevChunk {}
     unsafe impl aya::Pod for RevNatKey {}
     unsafe impl aya::Pod for RevNatValue {}
-    unsafe impl aya::Pod for ConnEvent {}
+    unsafe impl aya::Pod for ConnRecord {}
 }

@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use weft_common::{
-    BPF_F_NO_PREALLOC, Backend, MaglevChunk, MaglevKey, RevNatKey, RevNatValue, ServiceKey,
-    ServiceValue, maps,
+    BPF_F_NO_PREALLOC, Backend, ConnRecord, MaglevChunk, MaglevKey, RevNatKey, RevNatValue,
+    ServiceKey, ServiceValue, maps,
 };
 
 #[map(name = "WEFT_SERVICE_V1")]
@@ -25,5 +25,12 @@ pub static MAGLEV: HashMap<MaglevKey, MaglevChunk> =
 pub static REVNAT: LruHashMap<RevNatKey, RevNatValue> =
     LruHashMap::pinned(maps::REVNAT_CAPACITY, 0);
 
-#[map(name = "WEFT_EVENTS_V1")]
+#[map(name = "WEFT_EVENTS_V2")]
 pub static EVENTS: RingBuf = RingBuf::pinned(maps::EVENTS_BYTES, 0);
+
+#[map(name = "WEFT_CONNS_V1")]
+pub static CONNS: LruHashMap<u64, ConnRecord> = LruHashMap::pinned(maps::CONNS_CAPACITY, 0);
+
+/// Ring-buffer records dropped because the ring was full, per CPU; the agent reports the sum.
+#[map(name = "WEFT_LOST_V1")]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);

@@ -64,7 +64,7 @@ impl Agent {
             .arg("--bpffs-dir")
             .arg(&self.bpffs_dir)
             .arg("--admin-socket")
-            .arg(self.dir.join("admin.sock"))
+            .arg(self.admin_socket())
             .args(["--log-format", "json"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
@@ -80,6 +80,42 @@ impl Agent {
             });
         }
         self.child = Some(cmd.spawn().expect("starting weft agent"));
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
+    /// Runs an inspection command (`weft status`, `conns`, ...) against this agent.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(weft_bin())
+            .args(args)
+            .arg("--admin-socket")
+            .arg(self.admin_socket())
+            .output()
+            .expect("running the weft CLI")
+    }
+
+    /// `cli` with `-o json`, parsed; panics with stderr if the command fails.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "weft {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "weft {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
     }
 
     pub fn log_text(&self) -> String {

@@ -8,6 +8,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod client;
 pub mod configs;
+pub mod metrics;
 pub mod netns;
 
 use std::sync::{Mutex, MutexGuard};

@@ -183,3 +183,45 @@ pub fn is_root() -> bool {
     }
     unsafe { geteuid() == 0 }
 }
+
+/// `promtool` checks the agent's /metrics in the end-to-end tests (Debian's `prometheus`
+/// package ships it). Installed when missing and we are root; otherwise the test that needs
+/// it says so.
+pub fn ensure_promtool() -> Result<()> {
+    let found = Command::new("promtool")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return Ok(());
+    }
+    if !is_root() {
+        eprintln!("setup: promtool missing and not root; the metrics format test will fail");
+        return Ok(());
+    }
+    eprintln!("setup: installing promtool (Debian package prometheus)");
+    let install = || {
+        Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "prometheus",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if install() {
+        return Ok(());
+    }
+    // Package lists may be missing or stale on a fresh machine.
+    util::run(Command::new("apt-get").args(["update", "-q"]))?;
+    if !install() {
+        bail!("apt-get install prometheus failed (needed for promtool)");
+    }
+    Ok(())
+}

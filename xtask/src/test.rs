@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::{build, util};
+use crate::{build, setup, util};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -19,6 +19,7 @@ pub struct Options {
 
 pub fn run(opts: &Options) -> Result<()> {
     let built = build::run(&build::Options { release: true })?;
+    setup::ensure_promtool()?;
     let root = util::workspace_root();
     let cargo = |args: &[&str]| {
         let mut cmd = Command::new("cargo");

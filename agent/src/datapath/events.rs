@@ -3,7 +3,7 @@
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use weft_common::ConnEvent;
+use weft_common::ConnRecord;
 
 use super::DatapathError;
 
@@ -24,17 +24,17 @@ impl EventReader {
     }
 
     /// Waits for events and returns every one available.
-    pub async fn next_batch(&mut self) -> std::io::Result<Vec<ConnEvent>> {
+    pub async fn next_batch(&mut self) -> std::io::Result<Vec<ConnRecord>> {
         loop {
             let mut guard = self.ring.readable_mut().await?;
             let ring = guard.get_inner_mut();
             let mut batch = Vec::new();
             while let Some(item) = ring.next() {
-                if item.len() >= std::mem::size_of::<ConnEvent>() {
-                    // SAFETY: the kernel wrote a ConnEvent (repr(C), plain integers) here;
+                if item.len() >= std::mem::size_of::<ConnRecord>() {
+                    // SAFETY: the kernel wrote a ConnRecord (repr(C), plain integers) here;
                     // read_unaligned copes with the ring's 8-byte record alignment.
                     let event =
-                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ConnEvent>()) };
+                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ConnRecord>()) };
                     batch.push(event);
                 }
             }

@@ -23,7 +23,7 @@ pub struct Maps {
     maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
 }
 
-fn map_error(map: &'static str) -> impl Fn(MapError) -> DatapathError {
+pub(super) fn map_error(map: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map {
         map,
         source: Box::new(source),

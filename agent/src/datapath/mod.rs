@@ -7,6 +7,7 @@ mod error;
 mod events;
 mod fs;
 mod maps;
+mod observe;
 mod reset;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use tracing::{info, warn};
 pub use error::DatapathError;
 pub use events::EventReader;
 pub use fs::discover_cgroup2_root;
+pub use observe::Observer;
 pub use reset::{ResetReport, reset};
 
 use crate::plan::{Changes, Installed};
@@ -43,6 +45,8 @@ pub struct ApplyReport {
 pub struct Datapath {
     maps: maps::Maps,
     events: Option<EventReader>,
+    observer: Option<Observer>,
+    attachments: Vec<attach::Attachment>,
     installed: Installed,
     /// Holds the programs (and the links it manages) for the agent's lifetime.
     _ebpf: Ebpf,
@@ -80,6 +84,7 @@ impl Datapath {
             source: Box::new(source),
         })?;
         let events = Some(EventReader::new(ring)?);
+        let observer = Some(Observer::take(&mut ebpf)?);
         let installed = maps.read_installed()?;
         let orphans = maps.delete_orphan_tables(&installed)?;
         if orphans > 0 {
@@ -96,6 +101,8 @@ impl Datapath {
         Ok(Datapath {
             maps,
             events,
+            observer,
+            attachments,
             installed,
             _ebpf: ebpf,
         })
@@ -104,6 +111,16 @@ impl Datapath {
     /// The connection-event reader, for the task that will own it (once).
     pub fn take_events(&mut self) -> Option<EventReader> {
         self.events.take()
+    }
+
+    /// The read-only view of the kernel-written maps, for whoever serves statistics (once).
+    pub fn take_observer(&mut self) -> Option<Observer> {
+        self.observer.take()
+    }
+
+    /// The programs and whether each was adopted from an earlier agent's pinned link.
+    pub fn programs(&self) -> impl Iterator<Item = (&'static str, bool)> + '_ {
+        self.attachments.iter().map(|a| (a.program, a.adopted))
     }
 
     pub fn installed(&self) -> &Installed {

@@ -1,0 +1,27 @@
+//! The agent's listeners: the admin API on a unix socket and the Prometheus endpoint, both
+//! reading what the daemon publishes in `Shared`. `view` holds the JSON types the CLI shares.
+
+pub mod admin;
+pub mod metrics;
+mod shared;
+mod snapshot;
+pub mod view;
+
+use std::{net::SocketAddr, path::PathBuf};
+
+pub use shared::{Resolved, Shared, labels};
+pub use snapshot::{InstalledCounts, Snapshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("admin socket {}: {source}", path.display())]
+    Admin {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("metrics address {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}

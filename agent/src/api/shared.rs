@@ -1,0 +1,361 @@
+//! What the daemon publishes and the admin API and metrics listener read: a snapshot of the
+//! applied state (replaced whole after every apply), the metrics, the kernel's live tables
+//! and a broadcast of connection events for `weft conns --follow`.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::Instant,
+};
+
+use tokio::sync::broadcast;
+use weft_common::{ConnRecord, event, maps as names};
+
+use super::{
+    Snapshot,
+    view::{
+        ConnEventView, ConnStats, ConnView, EndpointRow, MapView, ServiceStats, StatsView,
+        StatusView,
+    },
+};
+use crate::{
+    datapath::Observer,
+    stats::{EndpointLabels, Metrics, record},
+};
+
+/// A kernel event resolved to the config: what health and statistics need.
+pub struct Resolved {
+    pub service: usize,
+    pub endpoint: SocketAddr,
+    pub kind: u8,
+}
+
+pub struct Shared {
+    snapshot: RwLock<Arc<Snapshot>>,
+    pub metrics: Metrics,
+    observer: Observer,
+    events: broadcast::Sender<ConnEventView>,
+    started: Instant,
+}
+
+impl Shared {
+    pub fn new(observer: Observer) -> Shared {
+        Shared {
+            snapshot: RwLock::default(),
+            metrics: Metrics::new(),
+            observer,
+            // Followers that fall this far behind skip ahead (and are told in the agent log).
+            events: broadcast::channel(4096).0,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the snapshot and brings the health metrics in line with it.
+    pub fn publish(&self, snapshot: Snapshot) {
+        let mut configured = std::collections::HashSet::new();
+        for service in &snapshot.services {
+            self.metrics.set_panic(&service.name, service.panic);
+            for endpoint in &service.endpoints {
+                let labels = labels(
+                    &service.name,
+                    SocketAddr::new(endpoint.address, endpoint.port),
+                );
+                self.metrics
+                    .set_endpoint(&labels, &endpoint.state, endpoint.effective_weight);
+                configured.insert(labels);
+            }
+        }
+        self.metrics.retain(configured);
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
+    }
+
+    /// Counts a batch of kernel events, tells followers, and returns them resolved to the
+    /// config (events of services or endpoints no longer configured are dropped).
+    pub fn record_events(&self, batch: &[ConnRecord]) -> Vec<Resolved> {
+        let snapshot = self.snapshot();
+        let now = record::boottime_ns();
+        let mut resolved = Vec::with_capacity(batch.len());
+        for r in batch {
+            let Some((service, endpoint)) = snapshot.resolver.resolve(r.service_id, r.backend_id)
+            else {
+                continue;
+            };
+            let name = &snapshot.services[service].name;
+            self.metrics.record_event(&labels(name, endpoint), r);
+            if self.events.receiver_count() > 0 {
+                let _ = self.events.send(ConnEventView {
+                    event: event_name(r.kind).to_string(),
+                    conn: conn_view(name, endpoint, r, now),
+                });
+            }
+            resolved.push(Resolved {
+                service,
+                endpoint,
+                kind: r.kind,
+            });
+        }
+        resolved
+    }
+
+    pub fn follow(&self) -> broadcast::Receiver<ConnEventView> {
+        self.events.subscribe()
+    }
+
+    /// Live translated connections, optionally of one service.
+    pub fn connections(&self, service: Option<&str>) -> Vec<ConnView> {
+        let snapshot = self.snapshot();
+        let now = record::boottime_ns();
+        let mut conns: Vec<ConnView> = self
+            .observer
+            .connections()
+            .iter()
+            .filter_map(|r| {
+                let (index, endpoint) = snapshot.resolver.resolve(r.service_id, r.backend_id)?;
+                let name = &snapshot.services[index].name;
+                (service.is_none_or(|s| s == name)).then(|| conn_view(name, endpoint, r, now))
+            })
+            .collect();
+        conns.sort_by(|a, b| (&a.service, a.src).cmp(&(&b.service, b.src)));
+        conns
+    }
+
+    /// Established connections per endpoint, from the kernel's table.
+    fn open_per_endpoint(&self) -> HashMap<EndpointLabels, u64> {
+        let mut open = HashMap::new();
+        for conn in self.connections(None) {
+            if conn.state != "syn_sent" {
+                *open
+                    .entry(labels(&conn.service, conn.endpoint))
+                    .or_default() += 1;
+            }
+        }
+        open
+    }
+
+    /// Brings the gauges that are read from the kernel up to date (before a scrape).
+    pub fn refresh_gauges(&self) {
+        self.metrics.set_open(&self.open_per_endpoint());
+        self.metrics.set_events_lost(self.observer.events_lost());
+        for map in self.maps() {
+            if let Some(entries) = map.entries {
+                self.metrics.set_map(map.name, entries, map.capacity);
+            }
+        }
+    }
+
+    fn maps(&self) -> Vec<MapUsage> {
+        use std::mem::size_of;
+        use weft_common::*;
+        let installed = self.snapshot().installed;
+        let conns = self.observer.connections().len() as u64;
+        let revnat = self.observer.revnat_entries() as u64;
+        let hash = |name, entries, capacity, entry_bytes| MapUsage {
+            name,
+            entries: Some(entries),
+            capacity: u64::from(capacity),
+            approx_bytes: entries * entry_bytes as u64,
+        };
+        vec![
+            hash(
+                names::SERVICES,
+                installed.services,
+                maps::SERVICES_CAPACITY,
+                size_of::<ServiceKey>() + size_of::<ServiceValue>(),
+            ),
+            hash(
+                names::BACKENDS,
+                installed.backends,
+                maps::BACKENDS_CAPACITY,
+                size_of::<u32>() + size_of::<Backend>(),
+            ),
+            hash(
+                names::MAGLEV,
+                installed.maglev_chunks,
+                maps::MAGLEV_CAPACITY,
+                size_of::<MaglevKey>() + size_of::<MaglevChunk>(),
+            ),
+            hash(
+                names::REVNAT,
+                revnat,
+                maps::REVNAT_CAPACITY,
+                size_of::<RevNatKey>() + size_of::<RevNatValue>(),
+            ),
+            hash(
+                names::CONNS,
+                conns,
+                maps::CONNS_CAPACITY,
+                size_of::<u64>() + size_of::<ConnRecord>(),
+            ),
+            MapUsage {
+                name: names::EVENTS,
+                entries: None,
+                capacity: u64::from(maps::EVENTS_BYTES),
+                approx_bytes: u64::from(maps::EVENTS_BYTES),
+            },
+        ]
+    }
+
+    pub fn status(&self) -> StatusView {
+        let snapshot = self.snapshot();
+        let maps = self.maps();
+        let connections = maps
+            .iter()
+            .find(|m| m.name == names::CONNS)
+            .and_then(|m| m.entries)
+            .unwrap_or(0) as usize;
+        StatusView {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            generation: snapshot.generation,
+            ready: snapshot.generation > 0,
+            uptime_s: self.started.elapsed().as_secs(),
+            programs: snapshot.programs.clone(),
+            maps: maps
+                .into_iter()
+                .map(|m| MapView {
+                    name: m.name.to_string(),
+                    entries: m.entries,
+                    capacity: m.capacity,
+                    approx_bytes: m.approx_bytes,
+                })
+                .collect(),
+            services: snapshot.services.len(),
+            endpoints: snapshot.services.iter().map(|s| s.endpoints.len()).sum(),
+            connections,
+            panicking: snapshot
+                .services
+                .iter()
+                .filter(|s| s.panic)
+                .map(|s| s.name.clone())
+                .collect(),
+            events_lost: self.observer.events_lost(),
+            config_reloads_ok: self.metrics.config_reloads(true),
+            config_reloads_failed: self.metrics.config_reloads(false),
+        }
+    }
+
+    /// Every configured endpoint of one service (or all), with its connection totals.
+    /// None if the named service does not exist.
+    pub fn endpoints(&self, service: Option<&str>) -> Option<Vec<EndpointRow>> {
+        let snapshot = self.snapshot();
+        if let Some(name) = service
+            && !snapshot.services.iter().any(|s| s.name == name)
+        {
+            return None;
+        }
+        let open = self.open_per_endpoint();
+        let rows = snapshot
+            .services
+            .iter()
+            .filter(|s| service.is_none_or(|name| name == s.name))
+            .flat_map(|s| {
+                s.endpoints.iter().map(|e| {
+                    let l = labels(&s.name, SocketAddr::new(e.address, e.port));
+                    let stats = self
+                        .metrics
+                        .endpoint_stats(&l, open.get(&l).copied().unwrap_or(0));
+                    EndpointRow {
+                        service: s.name.clone(),
+                        endpoint: e.clone(),
+                        stats,
+                    }
+                })
+            })
+            .collect();
+        Some(rows)
+    }
+
+    pub fn stats(&self) -> StatsView {
+        let rows = self.endpoints(None).unwrap_or_default();
+        let mut services: Vec<ServiceStats> = Vec::new();
+        for row in &rows {
+            match services.last_mut() {
+                Some(last) if last.service == row.service => add(&mut last.stats, &row.stats),
+                _ => services.push(ServiceStats {
+                    service: row.service.clone(),
+                    stats: row.stats.clone(),
+                }),
+            }
+        }
+        let mut total = ConnStats::default();
+        services.iter().for_each(|s| add(&mut total, &s.stats));
+        StatsView {
+            total,
+            services,
+            events_lost: self.observer.events_lost(),
+        }
+    }
+}
+
+struct MapUsage {
+    name: &'static str,
+    entries: Option<u64>,
+    capacity: u64,
+    approx_bytes: u64,
+}
+
+pub fn labels(service: &str, endpoint: SocketAddr) -> EndpointLabels {
+    EndpointLabels {
+        service: service.to_string(),
+        endpoint: endpoint.to_string(),
+    }
+}
+
+fn event_name(kind: u8) -> &'static str {
+    match kind {
+        event::ESTABLISHED => "opened",
+        event::CONNECT_FAILED => "connect_failed",
+        event::CLOSED => "closed",
+        _ => "unknown",
+    }
+}
+
+fn conn_view(service: &str, endpoint: SocketAddr, r: &ConnRecord, now_ns: u64) -> ConnView {
+    // A record from the ring is final: its age is its lifetime, not time since connect.
+    let age_ms = if r.kind == event::CLOSED || r.kind == event::CONNECT_FAILED {
+        record::age_ms(r, r.update_ns)
+    } else {
+        record::age_ms(r, now_ns)
+    };
+    ConnView {
+        service: service.to_string(),
+        endpoint,
+        src: record::source(r),
+        dst: record::destination(r),
+        state: record::state_name(r.state).to_string(),
+        bytes_sent: record::bytes_sent(r),
+        bytes_received: record::bytes_received(r),
+        srtt_us: r.srtt_us,
+        retransmits: r.total_retrans,
+        age_ms,
+        segs_in: r.segs_in,
+        segs_out: r.segs_out,
+        cookie: r.cookie,
+    }
+}
+
+/// Sums totals; means weighted by how many connections each stands for.
+fn add(into: &mut ConnStats, from: &ConnStats) {
+    let weighted = |a: Option<f64>, na: u64, b: Option<f64>, nb: u64| match (a, b) {
+        (Some(a), Some(b)) if na + nb > 0 => {
+            Some((a * na as f64 + b * nb as f64) / (na + nb) as f64)
+        }
+        (a, b) => a.or(b),
+    };
+    let (n_into, n_from) = (into.connections_closed, from.connections_closed);
+    into.mean_duration_ms = weighted(into.mean_duration_ms, n_into, from.mean_duration_ms, n_from);
+    into.mean_srtt_us = weighted(into.mean_srtt_us, n_into, from.mean_srtt_us, n_from);
+    into.connections_opened += from.connections_opened;
+    into.connections_closed += from.connections_closed;
+    into.connect_failures += from.connect_failures;
+    into.connections_open += from.connections_open;
+    into.bytes_sent += from.bytes_sent;
+    into.bytes_received += from.bytes_received;
+}

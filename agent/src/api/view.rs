@@ -1,0 +1,135 @@
+//! What the admin API serves and the CLI prints: one set of types on both sides, so the JSON
+//! field names (part of the interface contract in DESIGN.md) are written down once.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// `weft services -o json`: one per configured service.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServiceView {
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: String,
+    /// Too little healthy weight: every endpoint gets traffic by configured weight.
+    pub panic: bool,
+    pub endpoints: Vec<EndpointView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EndpointView {
+    pub address: IpAddr,
+    pub port: u16,
+    pub weight: u16,
+    pub effective_weight: u32,
+    /// `healthy` | `unhealthy` | `ejected` | `draining` | `unknown`
+    pub state: String,
+}
+
+/// `weft endpoints -o json`: one per (service, endpoint), with its connection statistics.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EndpointRow {
+    pub service: String,
+    #[serde(flatten)]
+    pub endpoint: EndpointView,
+    #[serde(flatten)]
+    pub stats: ConnStats,
+}
+
+/// Connection totals of one endpoint (or, summed, of a service) since the agent started.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ConnStats {
+    pub connections_opened: u64,
+    pub connections_closed: u64,
+    pub connect_failures: u64,
+    pub connections_open: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Mean over closed connections; absent before the first one.
+    pub mean_duration_ms: Option<f64>,
+    /// Mean smoothed RTT at close; absent before the first one.
+    pub mean_srtt_us: Option<f64>,
+}
+
+/// `weft stats -o json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatsView {
+    pub total: ConnStats,
+    pub services: Vec<ServiceStats>,
+    pub events_lost: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServiceStats {
+    pub service: String,
+    #[serde(flatten)]
+    pub stats: ConnStats,
+}
+
+/// `weft conns -o json`: one per live translated connection.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConnView {
+    pub service: String,
+    pub endpoint: SocketAddr,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// The kernel's TCP state, lower case (`established`, `syn_sent`, `fin_wait1`, ...).
+    pub state: String,
+    /// Payload bytes the peer acknowledged.
+    pub bytes_sent: u64,
+    /// Payload bytes received.
+    pub bytes_received: u64,
+    pub srtt_us: u32,
+    pub retransmits: u32,
+    pub age_ms: u64,
+    pub segs_in: u32,
+    pub segs_out: u32,
+    pub cookie: u64,
+}
+
+/// `weft conns --follow -o json`: one line per connection event.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConnEventView {
+    /// `opened` | `closed` | `connect_failed`
+    pub event: String,
+    #[serde(flatten)]
+    pub conn: ConnView,
+}
+
+/// `weft status -o json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatusView {
+    pub version: String,
+    /// Counts config versions applied since the agent started (1 = the file it started on).
+    pub generation: u64,
+    pub ready: bool,
+    pub uptime_s: u64,
+    pub programs: Vec<ProgramView>,
+    pub maps: Vec<MapView>,
+    pub services: usize,
+    pub endpoints: usize,
+    pub connections: usize,
+    pub panicking: Vec<String>,
+    pub events_lost: u64,
+    pub config_reloads_ok: u64,
+    pub config_reloads_failed: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProgramView {
+    pub name: String,
+    /// Taken over from an earlier agent's pinned link rather than attached anew.
+    pub adopted: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MapView {
+    pub name: String,
+    /// Entries in use (for the ring buffer: none; it has only a size).
+    pub entries: Option<u64>,
+    /// Maximum entries (for the ring buffer: bytes).
+    pub capacity: u64,
+    /// Kernel memory the used entries cost, roughly: entries × (key + value) bytes.
+    pub approx_bytes: u64,
+}

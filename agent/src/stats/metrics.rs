@@ -1,0 +1,452 @@
+//! The Prometheus metrics: connection counters and histograms per (service, endpoint),
+//! endpoint health, map usage, lost events and config reloads. Label sets are bounded by the
+//! config: an endpoint that leaves the config takes its series with it.
+
+use std::{
+    collections::HashSet,
+    sync::{Mutex, atomic::AtomicU64},
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::{Family, MetricConstructor},
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
+};
+use weft_common::{ConnRecord, event};
+
+use super::record;
+use crate::api::view::ConnStats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub service: String,
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    service: String,
+    endpoint: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// Histogram buckets, as a constructor the families can call per label set.
+#[derive(Clone)]
+struct Buckets {
+    start: f64,
+    factor: f64,
+    count: u16,
+}
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(self.start, self.factor, self.count))
+    }
+}
+
+type PerEndpoint<M> = Family<EndpointLabels, M>;
+
+pub struct Metrics {
+    registry: Registry,
+    opened: PerEndpoint<Counter>,
+    closed: PerEndpoint<Counter>,
+    failed: PerEndpoint<Counter>,
+    sent: PerEndpoint<Counter>,
+    received: PerEndpoint<Counter>,
+    open: PerEndpoint<Gauge>,
+    duration: Family<EndpointLabels, Histogram, Buckets>,
+    srtt: Family<EndpointLabels, Histogram, Buckets>,
+    /// Sums behind the histograms, for the means `weft stats` shows (prometheus-client
+    /// keeps its histogram sums to itself). Not exported.
+    duration_sum: PerEndpoint<Counter<f64, AtomicU64>>,
+    srtt_sum: PerEndpoint<Counter<f64, AtomicU64>>,
+    state: Family<StateLabels, Gauge>,
+    effective_weight: PerEndpoint<Gauge>,
+    panic: Family<ServiceLabels, Gauge>,
+    map_entries: Family<MapLabels, Gauge>,
+    map_capacity: Family<MapLabels, Gauge>,
+    events_lost: Counter,
+    reloads: Family<ResultLabels, Counter>,
+    /// The (service, endpoint) label sets the config has now.
+    known: Mutex<HashSet<EndpointLabels>>,
+}
+
+/// Endpoint states as `weft_endpoint_state` spells them: one series each, 1 for the current.
+const STATES: [&str; 5] = ["unknown", "healthy", "unhealthy", "ejected", "draining"];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let m = Metrics {
+            registry: Registry::default(),
+            opened: Family::default(),
+            closed: Family::default(),
+            failed: Family::default(),
+            sent: Family::default(),
+            received: Family::default(),
+            open: Family::default(),
+            // 1 ms .. ~4,400 s
+            duration: Family::new_with_constructor(Buckets {
+                start: 0.001,
+                factor: 4.0,
+                count: 12,
+            }),
+            // 10 µs .. ~2.6 s
+            srtt: Family::new_with_constructor(Buckets {
+                start: 0.000_01,
+                factor: 4.0,
+                count: 10,
+            }),
+            duration_sum: Family::default(),
+            srtt_sum: Family::default(),
+            state: Family::default(),
+            effective_weight: Family::default(),
+            panic: Family::default(),
+            map_entries: Family::default(),
+            map_capacity: Family::default(),
+            events_lost: Counter::default(),
+            reloads: Family::default(),
+            known: Mutex::default(),
+        };
+        m.register()
+    }
+
+    fn register(mut self) -> Metrics {
+        let r = &mut self.registry;
+        r.register(
+            "weft_tcp_connections_opened",
+            "Translated TCP connections established",
+            self.opened.clone(),
+        );
+        r.register(
+            "weft_tcp_connections_closed",
+            "Translated TCP connections closed after being established",
+            self.closed.clone(),
+        );
+        r.register(
+            "weft_tcp_connect_failures",
+            "Translated TCP connects that failed (refused or timed out)",
+            self.failed.clone(),
+        );
+        r.register_with_unit(
+            "weft_tcp_sent",
+            "Payload bytes sent and acknowledged, counted when a connection closes",
+            Unit::Bytes,
+            self.sent.clone(),
+        );
+        r.register_with_unit(
+            "weft_tcp_received",
+            "Payload bytes received, counted when a connection closes",
+            Unit::Bytes,
+            self.received.clone(),
+        );
+        r.register(
+            "weft_tcp_connections_open",
+            "Translated TCP connections established and not yet closed",
+            self.open.clone(),
+        );
+        r.register_with_unit(
+            "weft_tcp_connection_duration",
+            "Lifetime of closed translated TCP connections",
+            Unit::Seconds,
+            self.duration.clone(),
+        );
+        r.register_with_unit(
+            "weft_tcp_srtt",
+            "Smoothed round-trip time of translated TCP connections at close",
+            Unit::Seconds,
+            self.srtt.clone(),
+        );
+        r.register(
+            "weft_endpoint_state",
+            "1 for the endpoint's current health state, 0 for the others",
+            self.state.clone(),
+        );
+        r.register(
+            "weft_endpoint_effective_weight",
+            "Weight the kernel uses for the endpoint (0 = no new connections)",
+            self.effective_weight.clone(),
+        );
+        r.register(
+            "weft_service_panic",
+            "1 while the service is in panic mode (every endpoint by configured weight)",
+            self.panic.clone(),
+        );
+        r.register(
+            "weft_datapath_map_entries",
+            "Entries in use in each BPF map",
+            self.map_entries.clone(),
+        );
+        r.register(
+            "weft_datapath_map_capacity",
+            "Maximum entries of each BPF map",
+            self.map_capacity.clone(),
+        );
+        r.register(
+            "weft_events_lost",
+            "Connection events the kernel dropped because the ring buffer was full",
+            self.events_lost.clone(),
+        );
+        r.register(
+            "weft_config_reloads",
+            "Config reloads by result",
+            self.reloads.clone(),
+        );
+        self
+    }
+
+    /// One connection event from the kernel.
+    pub fn record_event(&self, labels: &EndpointLabels, record: &ConnRecord) {
+        match record.kind {
+            event::ESTABLISHED => {
+                self.opened.get_or_create(labels).inc();
+            }
+            event::CONNECT_FAILED => {
+                self.failed.get_or_create(labels).inc();
+            }
+            event::CLOSED => {
+                self.closed.get_or_create(labels).inc();
+                self.sent
+                    .get_or_create(labels)
+                    .inc_by(record::bytes_sent(record));
+                self.received
+                    .get_or_create(labels)
+                    .inc_by(record::bytes_received(record));
+                let (duration, srtt) =
+                    (record::duration_s(record), f64::from(record.srtt_us) / 1e6);
+                self.duration.get_or_create(labels).observe(duration);
+                self.srtt.get_or_create(labels).observe(srtt);
+                self.duration_sum.get_or_create(labels).inc_by(duration);
+                self.srtt_sum.get_or_create(labels).inc_by(srtt);
+            }
+            _ => {}
+        }
+    }
+
+    /// Health and weight of one configured endpoint.
+    pub fn set_endpoint(&self, labels: &EndpointLabels, state: &str, effective_weight: u32) {
+        for candidate in STATES {
+            let series = StateLabels {
+                service: labels.service.clone(),
+                endpoint: labels.endpoint.clone(),
+                state: candidate,
+            };
+            self.state
+                .get_or_create(&series)
+                .set(i64::from(candidate == state));
+        }
+        self.effective_weight
+            .get_or_create(labels)
+            .set(i64::from(effective_weight));
+    }
+
+    pub fn set_panic(&self, service: &str, panic: bool) {
+        self.panic
+            .get_or_create(&ServiceLabels {
+                service: service.to_string(),
+            })
+            .set(i64::from(panic));
+    }
+
+    /// Drops the series of endpoints and services no longer configured, so label sets stay
+    /// bounded by the config however it changes.
+    pub fn retain(&self, configured: HashSet<EndpointLabels>) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let services: HashSet<&String> = configured.iter().map(|l| &l.service).collect();
+        for gone in known.difference(&configured) {
+            for family in [
+                &self.opened,
+                &self.closed,
+                &self.failed,
+                &self.sent,
+                &self.received,
+            ] {
+                family.remove(gone);
+            }
+            self.open.remove(gone);
+            self.duration.remove(gone);
+            self.srtt.remove(gone);
+            self.duration_sum.remove(gone);
+            self.srtt_sum.remove(gone);
+            self.effective_weight.remove(gone);
+            for state in STATES {
+                self.state.remove(&StateLabels {
+                    service: gone.service.clone(),
+                    endpoint: gone.endpoint.clone(),
+                    state,
+                });
+            }
+            if !services.contains(&gone.service) {
+                self.panic.remove(&ServiceLabels {
+                    service: gone.service.clone(),
+                });
+            }
+        }
+        *known = configured;
+    }
+
+    /// Live connections per endpoint, counted from the kernel's table just now.
+    pub fn set_open(&self, open: &std::collections::HashMap<EndpointLabels, u64>) {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        for labels in known.iter() {
+            let n = open.get(labels).copied().unwrap_or(0);
+            self.open.get_or_create(labels).set(n as i64);
+        }
+    }
+
+    pub fn set_map(&self, map: &'static str, entries: u64, capacity: u64) {
+        let labels = MapLabels { map };
+        self.map_entries.get_or_create(&labels).set(entries as i64);
+        self.map_capacity
+            .get_or_create(&labels)
+            .set(capacity as i64);
+    }
+
+    /// The kernel's lost-event count is cumulative; the counter follows it.
+    pub fn set_events_lost(&self, total: u64) {
+        let seen = self.events_lost.get();
+        if total > seen {
+            self.events_lost.inc_by(total - seen);
+        }
+    }
+
+    pub fn events_lost(&self) -> u64 {
+        self.events_lost.get()
+    }
+
+    pub fn config_reloaded(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn config_reloads(&self, ok: bool) -> u64 {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads
+            .get(&ResultLabels { result })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Totals of one endpoint; `open` comes from the kernel's live table.
+    pub fn endpoint_stats(&self, labels: &EndpointLabels, open: u64) -> ConnStats {
+        let counter = |f: &PerEndpoint<Counter>| f.get(labels).map_or(0, |c| c.get());
+        let closed = counter(&self.closed);
+        let mean = |f: &PerEndpoint<Counter<f64, AtomicU64>>, scale: f64| {
+            let sum = f.get(labels)?.get();
+            (closed > 0).then(|| sum / closed as f64 * scale)
+        };
+        ConnStats {
+            connections_opened: counter(&self.opened),
+            connections_closed: closed,
+            connect_failures: counter(&self.failed),
+            connections_open: open,
+            bytes_sent: counter(&self.sent),
+            bytes_received: counter(&self.received),
+            mean_duration_ms: mean(&self.duration_sum, 1e3),
+            mean_srtt_us: mean(&self.srtt_sum, 1e6),
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(endpoint: &str) -> EndpointLabels {
+        EndpointLabels {
+            service: "web".into(),
+            endpoint: endpoint.into(),
+        }
+    }
+
+    #[test]
+    fn a_closed_connection_moves_bytes_by_its_payload() {
+        let metrics = Metrics::new();
+        let l = labels("10.0.0.1:80");
+        let closed = ConnRecord {
+            kind: event::CLOSED,
+            bytes_acked: 1002,
+            bytes_received: 2001,
+            flags: weft_common::conn_flags::ESTABLISHED
+                | weft_common::conn_flags::FIN_SENT
+                | weft_common::conn_flags::FIN_ACKED
+                | weft_common::conn_flags::FIN_RECEIVED,
+            start_ns: 0,
+            update_ns: 2_000_000,
+            srtt_us: 50,
+            ..ConnRecord::default()
+        };
+        metrics.record_event(&l, &closed);
+        let stats = metrics.endpoint_stats(&l, 0);
+        assert_eq!((stats.bytes_sent, stats.bytes_received), (1000, 2000));
+        assert_eq!(stats.connections_closed, 1);
+        assert_eq!(stats.mean_duration_ms, Some(2.0));
+        assert_eq!(stats.mean_srtt_us, Some(50.0));
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "weft_tcp_sent_bytes_total{service=\"web\",endpoint=\"10.0.0.1:80\"} 1000"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn removed_endpoints_take_their_series() {
+        let metrics = Metrics::new();
+        let (a, b) = (labels("10.0.0.1:80"), labels("10.0.0.2:80"));
+        metrics.retain([a.clone(), b.clone()].into());
+        metrics.set_endpoint(&b, "healthy", 1);
+        metrics.record_event(
+            &b,
+            &ConnRecord {
+                kind: event::ESTABLISHED,
+                ..ConnRecord::default()
+            },
+        );
+        assert!(metrics.encode().contains("10.0.0.2:80"));
+        metrics.retain([a].into());
+        assert!(!metrics.encode().contains("10.0.0.2:80"));
+    }
+
+    #[test]
+    fn lost_events_follow_the_kernel_total() {
+        let metrics = Metrics::new();
+        metrics.set_events_lost(5);
+        metrics.set_events_lost(5);
+        metrics.set_events_lost(7);
+        assert_eq!(metrics.events_lost(), 7);
+    }
+}
