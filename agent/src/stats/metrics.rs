@@ -248,8 +248,18 @@ impl Metrics {
         }
     }
 
-    /// Health and weight of one configured endpoint.
+    /// Health and weight of one configured endpoint. Its connection series start at 0, so
+    /// `rate()` works from the first scrape instead of from the first event.
     pub fn set_endpoint(&self, labels: &EndpointLabels, state: &str, effective_weight: u32) {
+        for family in [
+            &self.opened,
+            &self.closed,
+            &self.failed,
+            &self.sent,
+            &self.received,
+        ] {
+            family.get_or_create(labels);
+        }
         for candidate in STATES {
             let series = StateLabels {
                 service: labels.service.clone(),
