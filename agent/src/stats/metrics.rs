@@ -258,7 +258,7 @@ impl Metrics {
             &self.sent,
             &self.received,
         ] {
-            family.get_or_create(labels);
+            drop(family.get_or_create(labels));
         }
         for candidate in STATES {
             let series = StateLabels {
