@@ -58,22 +58,42 @@ impl Shared {
             .clone()
     }
 
-    /// Replaces the snapshot and brings the health metrics in line with it.
+    /// Replaces the snapshot and brings the health metrics in line with it, touching only
+    /// the services that changed (a health event changes one; a config change may change
+    /// the set of endpoints, whose series then follow it).
     pub fn publish(&self, snapshot: Snapshot) {
-        let mut configured = std::collections::HashSet::new();
-        for service in &snapshot.services {
+        let old = self.snapshot();
+        for (i, service) in snapshot.services.iter().enumerate() {
+            let before = old.services.get(i).filter(|o| o.name == service.name);
+            if before == Some(service) {
+                continue;
+            }
             self.metrics.set_panic(&service.name, service.panic);
-            for endpoint in &service.endpoints {
-                let labels = labels(
-                    &service.name,
-                    SocketAddr::new(endpoint.address, endpoint.port),
-                );
-                self.metrics
-                    .set_endpoint(&labels, &endpoint.state, endpoint.effective_weight);
-                configured.insert(labels);
+            for (j, endpoint) in service.endpoints.iter().enumerate() {
+                // Within a generation endpoints keep their order; across one, a moved
+                // endpoint is simply set again.
+                if before.and_then(|b| b.endpoints.get(j)) != Some(endpoint) {
+                    let at = SocketAddr::new(endpoint.address, endpoint.port);
+                    self.metrics.set_endpoint(
+                        &labels(&service.name, at),
+                        &endpoint.state,
+                        endpoint.effective_weight,
+                    );
+                }
             }
         }
-        self.metrics.retain(configured);
+        if old.generation != snapshot.generation {
+            let configured = snapshot
+                .services
+                .iter()
+                .flat_map(|s| {
+                    s.endpoints
+                        .iter()
+                        .map(|e| labels(&s.name, SocketAddr::new(e.address, e.port)))
+                })
+                .collect();
+            self.metrics.retain(configured);
+        }
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
     }
 
@@ -155,7 +175,7 @@ impl Shared {
         use std::mem::size_of;
         use weft_common::*;
         let installed = self.snapshot().installed;
-        let conns = self.observer.connections().len() as u64;
+        let conns = self.observer.connection_entries() as u64;
         let revnat = self.observer.revnat_entries() as u64;
         let hash = |name, entries, capacity, entry_bytes| MapUsage {
             name,

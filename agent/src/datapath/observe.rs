@@ -36,6 +36,11 @@ impl Observer {
             .collect()
     }
 
+    /// Entries in the live connection table, without copying the records.
+    pub fn connection_entries(&self) -> usize {
+        self.conns.keys().filter(Result::is_ok).count()
+    }
+
     /// Entries in the reverse-NAT map (kernel-written, so counted rather than known).
     pub fn revnat_entries(&self) -> usize {
         self.revnat.keys().filter(Result::is_ok).count()

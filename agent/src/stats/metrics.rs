@@ -91,8 +91,16 @@ pub struct Metrics {
     known: Mutex<HashSet<EndpointLabels>>,
 }
 
-/// Endpoint states as `weft_endpoint_state` spells them: one series each, 1 for the current.
+/// Endpoint states as `weft_endpoint_state` spells them.
 const STATES: [&str; 5] = ["unknown", "healthy", "unhealthy", "ejected", "draining"];
+
+fn state_labels(endpoint: &EndpointLabels, state: &'static str) -> StateLabels {
+    StateLabels {
+        service: endpoint.service.clone(),
+        endpoint: endpoint.endpoint.clone(),
+        state,
+    }
+}
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -184,7 +192,7 @@ impl Metrics {
         );
         r.register(
             "weft_endpoint_state",
-            "1 for the endpoint's current health state, 0 for the others",
+            "Health state of the endpoint: one series, labelled with the current state, value 1",
             self.state.clone(),
         );
         r.register(
@@ -248,28 +256,21 @@ impl Metrics {
         }
     }
 
-    /// Health and weight of one configured endpoint. Its connection series start at 0, so
-    /// `rate()` works from the first scrape instead of from the first event.
+    /// Health and weight of one configured endpoint. The state is one series per endpoint,
+    /// labelled with the current state (value 1): the series count stays at one per endpoint
+    /// however many states there are. Connection series appear with the first connection,
+    /// so an idle endpoint costs two series, not a dozen.
     pub fn set_endpoint(&self, labels: &EndpointLabels, state: &str, effective_weight: u32) {
-        for family in [
-            &self.opened,
-            &self.closed,
-            &self.failed,
-            &self.sent,
-            &self.received,
-        ] {
-            drop(family.get_or_create(labels));
+        let state = STATES
+            .into_iter()
+            .find(|s| *s == state)
+            .unwrap_or("unknown");
+        for other in STATES.into_iter().filter(|s| *s != state) {
+            self.state.remove(&state_labels(labels, other));
         }
-        for candidate in STATES {
-            let series = StateLabels {
-                service: labels.service.clone(),
-                endpoint: labels.endpoint.clone(),
-                state: candidate,
-            };
-            self.state
-                .get_or_create(&series)
-                .set(i64::from(candidate == state));
-        }
+        self.state
+            .get_or_create(&state_labels(labels, state))
+            .set(1);
         self.effective_weight
             .get_or_create(labels)
             .set(i64::from(effective_weight));
@@ -305,11 +306,7 @@ impl Metrics {
             self.srtt_sum.remove(gone);
             self.effective_weight.remove(gone);
             for state in STATES {
-                self.state.remove(&StateLabels {
-                    service: gone.service.clone(),
-                    endpoint: gone.endpoint.clone(),
-                    state,
-                });
+                self.state.remove(&state_labels(gone, state));
             }
             if !services.contains(&gone.service) {
                 self.panic.remove(&ServiceLabels {
@@ -449,6 +446,26 @@ mod tests {
         assert!(metrics.encode().contains("10.0.0.2:80"));
         metrics.retain([a].into());
         assert!(!metrics.encode().contains("10.0.0.2:80"));
+    }
+
+    #[test]
+    fn an_endpoint_has_one_state_series_labelled_with_its_current_state() {
+        let metrics = Metrics::new();
+        let l = labels("10.0.0.1:80");
+        metrics.set_endpoint(&l, "healthy", 3);
+        metrics.set_endpoint(&l, "ejected", 0);
+        let text = metrics.encode();
+        let states: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("weft_endpoint_state{"))
+            .collect();
+        assert_eq!(
+            states,
+            ["weft_endpoint_state{service=\"web\",endpoint=\"10.0.0.1:80\",state=\"ejected\"} 1"]
+        );
+        assert!(text.contains(
+            "weft_endpoint_effective_weight{service=\"web\",endpoint=\"10.0.0.1:80\"} 0"
+        ));
     }
 
     #[test]
