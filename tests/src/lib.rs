@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod bench;
 pub mod bpf;
 pub mod cgroup;
 pub mod client;

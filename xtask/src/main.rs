@@ -1,4 +1,5 @@
-//! Developer and operator tasks: setup, build, run (build-and-load), test.
+//! Developer and operator tasks: setup, build, run (build-and-load), test, bench.
+mod bench;
 mod build;
 mod run;
 mod setup;
@@ -24,6 +25,8 @@ enum Command {
     Run(run::Options),
     /// Run unit tests and the privileged end-to-end tests.
     Test(test::Options),
+    /// Measure weft against direct, iptables, nftables and HAProxy; write docs/benchmarks.md.
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +35,6 @@ fn main() -> anyhow::Result<()> {
         Command::Build(opts) => build::run(&opts).map(|_| ()),
         Command::Run(opts) => run::run(&opts),
         Command::Test(opts) => test::run(&opts),
+        Command::Bench(opts) => bench::run(&opts),
     }
 }

@@ -184,33 +184,26 @@ pub fn is_root() -> bool {
     unsafe { geteuid() == 0 }
 }
 
-/// `promtool` checks the agent's /metrics in the end-to-end tests (Debian's `prometheus`
-/// package ships it). Installed when missing and we are root; otherwise the test that needs
-/// it says so.
-pub fn ensure_promtool() -> Result<()> {
-    let found = Command::new("promtool")
-        .arg("--version")
+/// A Debian package's tool the tests or the bench need (`promtool` from `prometheus`,
+/// `haproxy`, `iptables`, `nft` from `nftables`). Installed when missing and we are root;
+/// otherwise whatever needs it says so.
+pub fn ensure_debian_tool(binary: &str, package: &str) -> Result<()> {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {binary}")])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if found {
         return Ok(());
     }
     if !is_root() {
-        eprintln!("setup: promtool missing and not root; the metrics format test will fail");
+        eprintln!("setup: {binary} missing and not root; install the Debian package {package}");
         return Ok(());
     }
-    eprintln!("setup: installing promtool (Debian package prometheus)");
+    eprintln!("setup: installing {binary} (Debian package {package})");
     let install = || {
         Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                "prometheus",
-            ])
+            .args(["install", "-y", "-q", "--no-install-recommends", package])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
             .is_ok_and(|s| s.success())
@@ -221,7 +214,7 @@ pub fn ensure_promtool() -> Result<()> {
     // Package lists may be missing or stale on a fresh machine.
     util::run(Command::new("apt-get").args(["update", "-q"]))?;
     if !install() {
-        bail!("apt-get install prometheus failed (needed for promtool)");
+        bail!("apt-get install {package} failed (needed for {binary})");
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ pub struct Options {
 
 pub fn run(opts: &Options) -> Result<()> {
     let built = build::run(&build::Options { release: true })?;
-    setup::ensure_promtool()?;
+    setup::ensure_debian_tool("promtool", "prometheus")?;
     let root = util::workspace_root();
     let cargo = |args: &[&str]| {
         let mut cmd = Command::new("cargo");

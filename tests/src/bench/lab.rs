@@ -1,0 +1,396 @@
+//! The bench's world: one network namespace per contender with the same two backends, the
+//! weft agent attached to a cgroup of its own, kube-proxy-shaped rules, an HAProxy process.
+//! Dropping the lab removes all of it.
+
+use std::{
+    io::Write as _,
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::{
+    load::{self, Backend, Sample},
+    rules::Services,
+};
+use crate::{Env, NetNs};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Contender {
+    Direct,
+    Weft,
+    Iptables,
+    Nftables,
+    Haproxy,
+}
+
+impl Contender {
+    pub const ALL: [Contender; 5] = [
+        Contender::Direct,
+        Contender::Weft,
+        Contender::Iptables,
+        Contender::Nftables,
+        Contender::Haproxy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Contender::Direct => "direct",
+            Contender::Weft => "weft",
+            Contender::Iptables => "iptables",
+            Contender::Nftables => "nftables",
+            Contender::Haproxy => "haproxy",
+        }
+    }
+
+    /// HAProxy has one listener per service; the kernel's socket lookup, not HAProxy,
+    /// would pick among 10,000 of them, so it runs at one service only.
+    pub fn serves(self, scale: usize) -> bool {
+        self != Contender::Haproxy || scale == 1
+    }
+
+    fn frontend_base(self) -> [u8; 2] {
+        match self {
+            Contender::Iptables => [10, 97],
+            Contender::Nftables => [10, 98],
+            _ => [10, 96],
+        }
+    }
+}
+
+const HAPROXY_BIND: &str = "127.0.0.1:18000";
+
+fn real_backends() -> Vec<(Ipv4Addr, u16)> {
+    vec![
+        (Ipv4Addr::new(127, 0, 0, 2), 8080),
+        (Ipv4Addr::new(127, 0, 0, 3), 8080),
+    ]
+}
+
+/// How long installing a rule set took, per contender.
+#[derive(Clone, Debug, Default)]
+pub struct Install {
+    pub services: usize,
+    pub endpoints: usize,
+    /// Config file written → the agent logs it applied.
+    pub weft: Duration,
+    /// The agent's own measure of the apply (plan + map writes).
+    pub weft_apply_ms: f64,
+    pub iptables: Duration,
+    pub nftables: Duration,
+}
+
+/// One endpoint of the measured service drained (weight 0), until clients only reach the
+/// other one.
+#[derive(Clone, Debug, Default)]
+pub struct WeightChange {
+    pub weft: Duration,
+    pub iptables: Duration,
+    pub nftables: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Footprint {
+    pub rss_kb: u64,
+    pub cpu_percent: f64,
+}
+
+/// Field order is drop order: processes and backends go before their namespaces.
+pub struct Lab {
+    haproxy: Option<Child>,
+    backends: Vec<Backend>,
+    services: Services,
+    dir: PathBuf,
+    weft: Env,
+    direct: NetNs,
+    iptables: NetNs,
+    nftables: NetNs,
+    haproxy_ns: NetNs,
+}
+
+impl Lab {
+    pub fn create() -> Lab {
+        let weft = crate::setup("bench").expect("the bench needs root (run `cargo xtask bench`)");
+        let dir = std::env::temp_dir().join(format!("weft-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("bench dir");
+        let mut lab = Lab {
+            haproxy: None,
+            backends: Vec::new(),
+            services: services(1),
+            dir,
+            weft,
+            direct: NetNs::create("bench-direct"),
+            iptables: NetNs::create("bench-ipt"),
+            nftables: NetNs::create("bench-nft"),
+            haproxy_ns: NetNs::create("bench-haproxy"),
+        };
+        for ns in [
+            &lab.weft.netns,
+            &lab.direct,
+            &lab.iptables,
+            &lab.nftables,
+            &lab.haproxy_ns,
+        ] {
+            let pair = ns.run(|| {
+                let [a, b] = [0, 1].map(|i| {
+                    let (addr, port) = real_backends()[i];
+                    Backend::start(SocketAddr::from((addr, port)), ["a", "b"][i])
+                });
+                (a, b)
+            });
+            lab.backends.extend([pair.0, pair.1]);
+        }
+        // kube-proxy's service addresses are routed to the node; here, to loopback.
+        lab.iptables.ip(&[
+            "route",
+            "add",
+            "10.97.0.0/16",
+            "dev",
+            "lo",
+            "src",
+            "127.0.0.1",
+        ]);
+        lab.nftables.ip(&[
+            "route",
+            "add",
+            "10.98.0.0/16",
+            "dev",
+            "lo",
+            "src",
+            "127.0.0.1",
+        ]);
+        // No services yet: `install` times the first real apply.
+        lab.weft.start_agent("services: []\n");
+        lab.start_haproxy();
+        lab
+    }
+
+    fn start_haproxy(&mut self) {
+        let cfg = self.dir.join("haproxy.cfg");
+        std::fs::write(&cfg, self.services.haproxy_cfg(HAPROXY_BIND)).expect("haproxy.cfg");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.haproxy_ns.name,
+                "haproxy",
+                "-db",
+                "-f",
+            ])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting haproxy (Debian package haproxy; `cargo xtask bench` installs it)");
+        self.haproxy = Some(child);
+        let bind: SocketAddr = HAPROXY_BIND.parse().unwrap();
+        let up = self.haproxy_ns.run(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if load::one_request(bind).is_ok() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            false
+        });
+        assert!(up, "haproxy did not start serving {HAPROXY_BIND}");
+    }
+
+    /// Installs `scale` services (10 endpoints each, but the measured one) everywhere.
+    pub fn install(&mut self, scale: usize) -> Install {
+        self.services = services(scale);
+        let s = &self.services;
+        let agent = self.weft.agent_mut();
+        let mark = agent.log_mark();
+        let started = Instant::now();
+        agent.write_config(&s.weft_yaml([10, 96], &[]));
+        let line = agent.wait_for_log(mark, "config applied", Duration::from_secs(120));
+        let weft = started.elapsed();
+        let weft_apply_ms = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v["fields"]["elapsed_ms"].as_f64())
+            .unwrap_or(f64::NAN);
+        let iptables = timed(
+            &self.iptables,
+            &["iptables-restore"],
+            &s.iptables_restore([10, 97]),
+        );
+        let nftables = timed(
+            &self.nftables,
+            &["nft", "-f", "-"],
+            &s.nft_ruleset([10, 98]),
+        );
+        Install {
+            services: scale,
+            endpoints: (0..scale).map(|i| s.endpoints(i).len()).sum(),
+            weft,
+            weft_apply_ms,
+            iptables,
+            nftables,
+        }
+    }
+
+    pub fn drive(&self, contender: Contender, workers: usize, duration: Duration) -> Sample {
+        let target = match contender {
+            Contender::Direct => SocketAddr::from(real_backends()[0]),
+            Contender::Haproxy => HAPROXY_BIND.parse().unwrap(),
+            frontend => SocketAddr::from((
+                Services::address(frontend.frontend_base(), self.services.measured_index()),
+                80,
+            )),
+        };
+        let go = move || load::drive(target, workers, duration);
+        match contender {
+            // Only weft's client sits in the agent's cgroup.
+            Contender::Weft => self.weft.client(go),
+            Contender::Direct => self.direct.run(go),
+            Contender::Iptables => self.iptables.run(go),
+            Contender::Nftables => self.nftables.run(go),
+            Contender::Haproxy => self.haproxy_ns.run(go),
+        }
+    }
+
+    /// Drains the measured service's first endpoint and times until clients only reach the
+    /// second: weft through its config file, kube-proxy's shapes through a one-service
+    /// restore (what kube-proxy itself does on an endpoint change).
+    pub fn weight_change(&mut self) -> WeightChange {
+        let measured = self.services.measured_index();
+        let target = |base| SocketAddr::from((Services::address(base, measured), 80));
+
+        let started = Instant::now();
+        self.weft
+            .agent()
+            .write_config(&self.services.weft_yaml([10, 96], &[0, 1]));
+        let probe = target([10, 96]);
+        self.weft.client(move || only_b(probe));
+        let weft = started.elapsed();
+
+        let started = Instant::now();
+        run_with_input(
+            &self.iptables,
+            &["iptables-restore", "--noflush"],
+            &self.services.iptables_drain_first_but_one(),
+        );
+        let probe = target([10, 97]);
+        self.iptables.run(move || only_b(probe));
+        let iptables = started.elapsed();
+
+        let started = Instant::now();
+        run_with_input(
+            &self.nftables,
+            &["nft", "-f", "-"],
+            &self.services.nft_drain_first_but_one(),
+        );
+        let probe = target([10, 98]);
+        self.nftables.run(move || only_b(probe));
+        let nftables = started.elapsed();
+        WeightChange {
+            weft,
+            iptables,
+            nftables,
+        }
+    }
+
+    /// The agent's resident memory, and its CPU use while idle for `window`.
+    pub fn weft_footprint(&self, window: Duration) -> Footprint {
+        let pid = self.weft.agent().pid();
+        let cpu_ticks = || -> u64 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Fields after the command name: state is 3rd, utime 14th, stime 15th overall.
+            let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+            field(14).unwrap_or(0) + field(15).unwrap_or(0)
+        };
+        let before = cpu_ticks();
+        std::thread::sleep(window);
+        let ticks = cpu_ticks() - before;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss_kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        Footprint {
+            rss_kb,
+            cpu_percent: ticks as f64 / hz / window.as_secs_f64() * 100.0,
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.haproxy.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn services(count: usize) -> Services {
+    Services {
+        count,
+        endpoints_each: 10,
+        real_backends: real_backends(),
+    }
+}
+
+/// Waits until 20 answers in a row come from backend "b" (at most 10 s).
+fn only_b(target: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut streak = 0;
+    while streak < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "{target} still reaches the drained endpoint after 10 s"
+        );
+        match load::one_request_named(target) {
+            Ok(name) if name == "b" => streak += 1,
+            _ => streak = 0,
+        }
+    }
+}
+
+/// Runs a command in the namespace with `input` on stdin; panics with its stderr on failure.
+fn run_with_input(ns: &NetNs, command: &[&str], input: &str) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args(command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("writing rules");
+    let out = child.wait_with_output().expect("waiting");
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn timed(ns: &NetNs, command: &[&str], input: &str) -> Duration {
+    let started = Instant::now();
+    run_with_input(ns, command, input);
+    started.elapsed()
+}
+
+/// `iptables -V`: legacy or nf_tables backend, for the report.
+pub fn iptables_variant() -> String {
+    Command::new("iptables")
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "iptables (version unknown)".into())
+}

@@ -1,0 +1,159 @@
+//! The bench's client and backends. The client is closed-loop: each worker connects, sends
+//! one small HTTP request with `Connection: close`, reads the answer to EOF and closes, then
+//! starts over, until the deadline. The backends answer inline on one thread each, so the
+//! only thing that differs between contenders is the path in between.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+
+/// One measurement: connections per second and latency of a whole connection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sample {
+    pub connections: u64,
+    pub failures: u64,
+    pub per_second: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+/// Runs `workers` client threads against `target` for `duration`. Call it on a thread that
+/// is already in the right network namespace (and cgroup): workers inherit both.
+pub fn drive(target: SocketAddr, workers: usize, duration: Duration) -> Sample {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let threads: Vec<JoinHandle<(Vec<u32>, u64)>> = (0..workers)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut latencies = Vec::with_capacity(100_000);
+                let mut failures = 0;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    match one_request(target) {
+                        Ok(()) => latencies.push(t.elapsed().as_micros() as u32),
+                        Err(_) => failures += 1,
+                    }
+                }
+                (latencies, failures)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut failures = 0;
+    for t in threads {
+        let (l, f) = t.join().expect("load worker");
+        latencies.extend(l);
+        failures += f;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let quantile = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q).round() as usize)
+            .map_or(0.0, |&v| f64::from(v))
+    };
+    Sample {
+        connections: latencies.len() as u64,
+        failures,
+        per_second: latencies.len() as f64 / elapsed,
+        p50_us: quantile(0.5),
+        p99_us: quantile(0.99),
+    }
+}
+
+/// One short connection; the answer's first line names the backend.
+pub fn one_request(target: SocketAddr) -> std::io::Result<()> {
+    one_request_named(target).map(|_| ())
+}
+
+pub fn one_request_named(target: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(REQUEST)?;
+    let mut answer = Vec::with_capacity(128);
+    stream.read_to_end(&mut answer)?;
+    if !answer.starts_with(b"HTTP/1.1 200") {
+        return Err(std::io::Error::other("bad answer"));
+    }
+    let body = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(&[][..], |at| &answer[at + 4..]);
+    Ok(String::from_utf8_lossy(body).into_owned())
+}
+
+/// An HTTP backend answering every request with its name, one connection at a time.
+pub struct Backend {
+    /// A second handle on the listening socket, to wake the blocking accept at stop.
+    listener: TcpListener,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Binds in the calling thread's network namespace; serves on a thread it spawns (which
+    /// inherits the namespace).
+    pub fn start(addr: SocketAddr, name: &str) -> Backend {
+        let listener = TcpListener::bind(addr).expect("bench backend bind");
+        let handle = listener.try_clone().expect("listener handle");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
+            name.len()
+        );
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            for stream in listener.incoming() {
+                if flag.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let mut read = 0;
+                while let Ok(n @ 1..) = stream.read(&mut buf[read..]) {
+                    read += n;
+                    if buf[..read].windows(4).any(|w| w == b"\r\n\r\n") || read == buf.len() {
+                        break;
+                    }
+                }
+                let _ = stream.write_all(response.as_bytes());
+            }
+        });
+        Backend {
+            listener: handle,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops serving; the listener closes, so connects to it are refused.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // shutdown(2) on a listening socket wakes a blocked accept (Linux).
+        // SAFETY: plain syscall on a socket fd we own.
+        unsafe {
+            libc::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(&self.listener),
+                libc::SHUT_RDWR,
+            )
+        };
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,52 @@
+//! `cargo xtask bench [--quick]`: builds the agent, installs the peers it is measured against
+//! (iptables, nftables, HAProxy), and runs the bench binary, which writes
+//! `docs/benchmarks.md` and `docs/benchmarks.svg` (`--quick`: under target/, numbers only
+//! checked to exist).
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::{build, setup, util};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Every contender briefly: a smoke run that only checks each produced numbers.
+    #[arg(long)]
+    quick: bool,
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    let built = build::run(&build::Options { release: true })?;
+    for (binary, package) in [
+        ("iptables-restore", "iptables"),
+        ("nft", "nftables"),
+        ("haproxy", "haproxy"),
+    ] {
+        setup::ensure_debian_tool(binary, package)?;
+    }
+    let root = util::workspace_root();
+    let out = if opts.quick {
+        build::target_dir(&root).join("bench-quick/benchmarks.md")
+    } else {
+        root.join("docs/benchmarks.md")
+    };
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&root)
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "weft-tests",
+            "--bin",
+            "weft-bench",
+            "--",
+        ])
+        .args(opts.quick.then_some("--quick"))
+        .arg("--out")
+        .arg(&out)
+        .env("PATH", &built.path_env)
+        .env("WEFT_BIN", &built.agent)
+        .env("WEFT_EBPF_OBJECT", &built.object);
+    util::run(&mut cmd)
+}
