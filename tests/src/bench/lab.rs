@@ -210,7 +210,7 @@ impl Lab {
         let weft = started.elapsed();
         let weft_apply_ms = serde_json::from_str::<serde_json::Value>(&line)
             .ok()
-            .and_then(|v| v["fields"]["elapsed_ms"].as_f64())
+            .and_then(|v| v["elapsed_ms"].as_f64())
             .unwrap_or(f64::NAN);
         let iptables = timed(
             &self.iptables,
