@@ -112,6 +112,19 @@ pub struct RevNatKey {
     pub _pad: [u8; 5],
 }
 
+impl RevNatKey {
+    /// `port` in network byte order; `family` a `FAMILY_*` tag.
+    pub const fn new(cookie: u64, addr: Addr, port: u16, family: u8) -> RevNatKey {
+        RevNatKey {
+            cookie,
+            addr,
+            port,
+            family,
+            _pad: [0; 5],
+        }
+    }
+}
+
 /// Value of `WEFT_REVNAT_V1`: the service address the application asked for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

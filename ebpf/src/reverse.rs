@@ -19,13 +19,7 @@ pub fn translate_back(ctx: &SockAddrContext, family: Family) -> i32 {
     let (peer, port) = addr::read(ctx, family);
     // SAFETY: plain helper call valid in every sock_addr program.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = RevNatKey {
-        cookie,
-        addr: peer,
-        port,
-        family: family.tag(),
-        _pad: [0; 5],
-    };
+    let key = RevNatKey::new(cookie, peer, port, family.tag());
     // SAFETY: LRU element copied immediately.
     if let Some(service) = unsafe { REVNAT.get(&key) } {
         let service = *service;

@@ -91,13 +91,12 @@ struct Peer {
 /// Records which service address this socket meant, so replies and getpeername can show it.
 #[inline(always)]
 fn remember_service(peer: &Peer, service_id: u32, backend_id: u32) {
-    let key = RevNatKey {
-        cookie: peer.cookie,
-        addr: peer.endpoint,
-        port: peer.endpoint_port,
-        family: peer.family.tag(),
-        _pad: [0; 5],
-    };
+    let key = RevNatKey::new(
+        peer.cookie,
+        peer.endpoint,
+        peer.endpoint_port,
+        peer.family.tag(),
+    );
     let value = RevNatValue {
         addr: peer.service,
         port: peer.service_port,

@@ -11,12 +11,11 @@ use aya_ebpf::{
     helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
     programs::SockOpsContext,
 };
-use weft_common::{ConnRecord, FAMILY_V4, FAMILY_V6, RevNatKey, RevNatValue, conn_flags, event};
+use weft_common::{ConnRecord, FAMILY_V4, FAMILY_V6, RevNatKey, conn_flags, event};
 
 use crate::maps::{CONNS, EVENTS, LOST, REVNAT};
 
 const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
 
 const TCP_CONNECT_CB: u32 = 3;
 const ACTIVE_ESTABLISHED_CB: u32 = 4;
@@ -58,22 +57,35 @@ pub fn handle(ctx: &SockOpsContext) -> u32 {
 /// moves data), and open its live record.
 #[inline(always)]
 fn on_connect(ctx: &SockOpsContext) {
-    let Some(translation) = translation(ctx) else {
-        return;
-    };
-    let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | STATE_CB_FLAG | RTT_CB_FLAG);
     // SAFETY: plain helper calls valid for sock_ops programs.
     let (cookie, now) = unsafe { (bpf_get_socket_cookie(ctx.as_ptr()), bpf_ktime_get_boot_ns()) };
     let mut record = ConnRecord {
         cookie,
         start_ns: now,
-        service_id: translation.service_id,
-        backend_id: translation.backend_id,
         ..ConnRecord::default()
     };
     fill_addresses(ctx, &mut record);
+    // Only sockets whose connect the socket programs translated (they left this entry).
+    // SAFETY: LRU element copied immediately.
+    let Some(translation) = (unsafe { REVNAT.get(&revnat_key(&record)) }).copied() else {
+        return;
+    };
+    record.service_id = translation.service_id;
+    record.backend_id = translation.backend_id;
+    let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | STATE_CB_FLAG | RTT_CB_FLAG);
     refresh(ctx, &mut record);
     let _ = CONNS.insert(&cookie, &record, 0);
+}
+
+/// The reverse-NAT entry connect4/6 wrote for this socket: keyed by cookie and endpoint.
+#[inline(always)]
+fn revnat_key(record: &ConnRecord) -> RevNatKey {
+    RevNatKey::new(
+        record.cookie,
+        record.dst_addr,
+        record.dst_port,
+        record.family,
+    )
 }
 
 #[inline(always)]
@@ -90,7 +102,7 @@ fn on_established(ctx: &SockOpsContext) {
 #[inline(always)]
 fn on_segment_after_fin(ctx: &SockOpsContext) {
     let ops = ctx.ops;
-    // SAFETY: fixed-offset context load (see `translation`).
+    // SAFETY: fixed-offset context load (see `fill_addresses`).
     let tcp_flags = unsafe { read_volatile(&raw const (*ops).skb_tcp_flags) };
     if tcp_flags & TCPHDR_FIN != 0
         && let Some(record) = live(ctx)
@@ -126,13 +138,7 @@ fn on_state(ctx: &SockOpsContext, old: u32, new: u32) {
     };
     emit(record, kind);
     // The socket is gone: its live record and reverse-NAT entry too.
-    let revnat = RevNatKey {
-        cookie: record.cookie,
-        addr: record.dst_addr,
-        port: record.dst_port,
-        family: record.family,
-        _pad: [0; 5],
-    };
+    let revnat = revnat_key(record);
     let cookie = record.cookie;
     let _ = REVNAT.remove(&revnat);
     let _ = CONNS.remove(&cookie);
@@ -184,7 +190,10 @@ fn refresh(ctx: &SockOpsContext, record: &mut ConnRecord) {
 #[inline(always)]
 fn fill_addresses(ctx: &SockOpsContext, record: &mut ConnRecord) {
     let ops: *const bpf_sock_ops = ctx.ops;
-    // SAFETY: fixed-offset context loads, all up front (see `translation`).
+    // Every field is loaded up front, each at its own fixed offset: left to itself LLVM
+    // shares one computed ctx pointer between the v4 and v6 branches, which the verifier
+    // rejects ("dereference of modified ctx ptr").
+    // SAFETY: the kernel hands sock_ops programs a valid context; reads are fixed loads.
     let (family, local4, remote4, local6, remote6, local_port, remote_port) = unsafe {
         (
             read_volatile(&raw const (*ops).family),
@@ -219,45 +228,6 @@ fn fill_addresses(ctx: &SockOpsContext, record: &mut ConnRecord) {
     // 16 bits.
     record.src_port = (local_port as u16).to_be();
     record.dst_port = (remote_port >> 16) as u16;
-}
-
-/// The reverse-NAT entry connect4/6 wrote for this socket and its endpoint, if any.
-#[inline(always)]
-fn translation(ctx: &SockOpsContext) -> Option<RevNatValue> {
-    let ops = ctx.ops;
-    // Every field is loaded up front, each at its own fixed offset: left to itself LLVM
-    // shares one computed ctx pointer between the v4 and v6 branches, which the verifier
-    // rejects ("dereference of modified ctx ptr").
-    // SAFETY: the kernel hands sock_ops programs a valid context; reads are 4-byte loads.
-    let (family, ip4, ip6) = unsafe {
-        (
-            read_volatile(&raw const (*ops).family),
-            read_volatile(&raw const (*ops).remote_ip4),
-            [
-                read_volatile(&raw const (*ops).remote_ip6[0]),
-                read_volatile(&raw const (*ops).remote_ip6[1]),
-                read_volatile(&raw const (*ops).remote_ip6[2]),
-                read_volatile(&raw const (*ops).remote_ip6[3]),
-            ],
-        )
-    };
-    let (addr, family) = match family {
-        AF_INET => ([ip4, 0, 0, 0], FAMILY_V4),
-        AF_INET6 => (ip6, FAMILY_V6),
-        _ => return None,
-    };
-    // SAFETY: plain helper call valid for sock_ops programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = RevNatKey {
-        cookie,
-        addr,
-        // sock_ops keeps the network-order port in the upper 16 bits.
-        port: (ctx.remote_port() >> 16) as u16,
-        family,
-        _pad: [0; 5],
-    };
-    // SAFETY: LRU element copied immediately.
-    unsafe { REVNAT.get(&key) }.copied()
 }
 
 /// Sends a copy of the record to the ring buffer; a full ring counts the loss.
