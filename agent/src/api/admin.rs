@@ -90,7 +90,7 @@ async fn endpoints(
 }
 
 async fn conns(State(shared): State<Arc<Shared>>, Query(filter): Query<ServiceFilter>) -> Response {
-    if !known(&shared, filter.service.as_deref()) {
+    if !shared.knows(filter.service.as_deref()) {
         return not_found(filter.service);
     }
     Json(shared.connections(filter.service.as_deref())).into_response()
@@ -101,7 +101,7 @@ async fn follow(
     State(shared): State<Arc<Shared>>,
     Query(filter): Query<ServiceFilter>,
 ) -> Response {
-    if !known(&shared, filter.service.as_deref()) {
+    if !shared.knows(filter.service.as_deref()) {
         return not_found(filter.service);
     }
     let events = shared.follow();
@@ -139,10 +139,6 @@ async fn follow(
 
 async fn stats(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     Json(shared.stats())
-}
-
-fn known(shared: &Shared, service: Option<&str>) -> bool {
-    service.is_none_or(|name| shared.snapshot().services.iter().any(|s| s.name == name))
 }
 
 fn not_found(service: Option<String>) -> Response {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use tokio::sync::broadcast;
-use weft_common::{ConnRecord, event, maps as names};
+use weft_common::{ConnRecord, conn_flags, event, maps as names};
 
 use super::{
     Snapshot,
@@ -149,15 +149,24 @@ impl Shared {
 
     /// Established connections per endpoint, from the kernel's table.
     fn open_per_endpoint(&self) -> HashMap<EndpointLabels, u64> {
+        let snapshot = self.snapshot();
         let mut open = HashMap::new();
-        for conn in self.connections(None) {
-            if conn.state != "syn_sent" {
+        for r in self.observer.connections() {
+            if r.flags & conn_flags::ESTABLISHED == 0 {
+                continue;
+            }
+            if let Some((index, endpoint)) = snapshot.resolver.resolve(r.service_id, r.backend_id) {
                 *open
-                    .entry(labels(&conn.service, conn.endpoint))
+                    .entry(labels(&snapshot.services[index].name, endpoint))
                     .or_default() += 1;
             }
         }
         open
+    }
+
+    /// True without a name, or if the named service is configured.
+    pub fn knows(&self, service: Option<&str>) -> bool {
+        service.is_none_or(|name| self.snapshot().services.iter().any(|s| s.name == name))
     }
 
     /// Brings the gauges that are read from the kernel up to date (before a scrape).
@@ -166,19 +175,19 @@ impl Shared {
         self.metrics.set_events_lost(self.observer.events_lost());
         for map in self.maps() {
             if let Some(entries) = map.entries {
-                self.metrics.set_map(map.name, entries, map.capacity);
+                self.metrics.set_map(&map.name, entries, map.capacity);
             }
         }
     }
 
-    fn maps(&self) -> Vec<MapUsage> {
+    fn maps(&self) -> Vec<MapView> {
         use std::mem::size_of;
         use weft_common::*;
         let installed = self.snapshot().installed;
         let conns = self.observer.connection_entries() as u64;
         let revnat = self.observer.revnat_entries() as u64;
-        let hash = |name, entries, capacity, entry_bytes| MapUsage {
-            name,
+        let hash = |name: &str, entries, capacity, entry_bytes| MapView {
+            name: name.to_string(),
             entries: Some(entries),
             capacity: u64::from(capacity),
             approx_bytes: entries * entry_bytes as u64,
@@ -214,8 +223,8 @@ impl Shared {
                 maps::CONNS_CAPACITY,
                 size_of::<u64>() + size_of::<ConnRecord>(),
             ),
-            MapUsage {
-                name: names::EVENTS,
+            MapView {
+                name: names::EVENTS.to_string(),
                 entries: None,
                 capacity: u64::from(maps::EVENTS_BYTES),
                 approx_bytes: u64::from(maps::EVENTS_BYTES),
@@ -237,15 +246,7 @@ impl Shared {
             ready: snapshot.generation > 0,
             uptime_s: self.started.elapsed().as_secs(),
             programs: snapshot.programs.clone(),
-            maps: maps
-                .into_iter()
-                .map(|m| MapView {
-                    name: m.name.to_string(),
-                    entries: m.entries,
-                    capacity: m.capacity,
-                    approx_bytes: m.approx_bytes,
-                })
-                .collect(),
+            maps,
             services: snapshot.services.len(),
             endpoints: snapshot.services.iter().map(|s| s.endpoints.len()).sum(),
             connections,
@@ -264,12 +265,10 @@ impl Shared {
     /// Every configured endpoint of one service (or all), with its connection totals.
     /// None if the named service does not exist.
     pub fn endpoints(&self, service: Option<&str>) -> Option<Vec<EndpointRow>> {
-        let snapshot = self.snapshot();
-        if let Some(name) = service
-            && !snapshot.services.iter().any(|s| s.name == name)
-        {
+        if !self.knows(service) {
             return None;
         }
+        let snapshot = self.snapshot();
         let open = self.open_per_endpoint();
         let rows = snapshot
             .services
@@ -312,13 +311,6 @@ impl Shared {
             events_lost: self.observer.events_lost(),
         }
     }
-}
-
-struct MapUsage {
-    name: &'static str,
-    entries: Option<u64>,
-    capacity: u64,
-    approx_bytes: u64,
 }
 
 pub fn labels(service: &str, endpoint: SocketAddr) -> EndpointLabels {

@@ -42,12 +42,20 @@ struct ServiceLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MapLabels {
-    map: &'static str,
+    map: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
+}
+
+impl ResultLabels {
+    fn of(ok: bool) -> ResultLabels {
+        ResultLabels {
+            result: if ok { "success" } else { "failure" },
+        }
+    }
 }
 
 /// Histogram buckets, as a constructor the families can call per label set.
@@ -326,8 +334,10 @@ impl Metrics {
         }
     }
 
-    pub fn set_map(&self, map: &'static str, entries: u64, capacity: u64) {
-        let labels = MapLabels { map };
+    pub fn set_map(&self, map: &str, entries: u64, capacity: u64) {
+        let labels = MapLabels {
+            map: map.to_string(),
+        };
         self.map_entries.get_or_create(&labels).set(entries as i64);
         self.map_capacity
             .get_or_create(&labels)
@@ -347,14 +357,12 @@ impl Metrics {
     }
 
     pub fn config_reloaded(&self, ok: bool) {
-        let result = if ok { "success" } else { "failure" };
-        self.reloads.get_or_create(&ResultLabels { result }).inc();
+        self.reloads.get_or_create(&ResultLabels::of(ok)).inc();
     }
 
     pub fn config_reloads(&self, ok: bool) -> u64 {
-        let result = if ok { "success" } else { "failure" };
         self.reloads
-            .get(&ResultLabels { result })
+            .get(&ResultLabels::of(ok))
             .map_or(0, |c| c.get())
     }
 
