@@ -233,63 +233,69 @@ impl Lab {
     }
 
     pub fn drive(&self, contender: Contender, workers: usize, duration: Duration) -> Sample {
-        let target = match contender {
+        let target = self.target(contender);
+        self.as_client_of(contender, move || load::drive(target, workers, duration))
+    }
+
+    /// Where a client of this contender connects: the measured service's frontend.
+    fn target(&self, contender: Contender) -> SocketAddr {
+        match contender {
             Contender::Direct => SocketAddr::from(real_backends()[0]),
             Contender::Haproxy => HAPROXY_BIND.parse().unwrap(),
             frontend => SocketAddr::from((
                 Services::address(frontend.frontend_base(), self.services.measured_index()),
                 80,
             )),
-        };
-        let go = move || load::drive(target, workers, duration);
+        }
+    }
+
+    /// Runs `f` where this contender's clients run.
+    fn as_client_of<T: Send + 'static>(
+        &self,
+        contender: Contender,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
         match contender {
             // Only weft's client sits in the agent's cgroup.
-            Contender::Weft => self.weft.client(go),
-            Contender::Direct => self.direct.run(go),
-            Contender::Iptables => self.iptables.run(go),
-            Contender::Nftables => self.nftables.run(go),
-            Contender::Haproxy => self.haproxy_ns.run(go),
+            Contender::Weft => self.weft.client(f),
+            Contender::Direct => self.direct.run(f),
+            Contender::Iptables => self.iptables.run(f),
+            Contender::Nftables => self.nftables.run(f),
+            Contender::Haproxy => self.haproxy_ns.run(f),
         }
     }
 
     /// Drains the measured service's first endpoint and times until clients only reach the
     /// second: weft through its config file, kube-proxy's shapes through a one-service
     /// restore (what kube-proxy itself does on an endpoint change).
-    pub fn weight_change(&mut self) -> WeightChange {
-        let measured = self.services.measured_index();
-        let target = |base| SocketAddr::from((Services::address(base, measured), 80));
-
-        let started = Instant::now();
-        self.weft
-            .agent()
-            .write_config(&self.services.weft_yaml([10, 96], &[0, 1]));
-        let probe = target([10, 96]);
-        self.weft.client(move || only_b(probe));
-        let weft = started.elapsed();
-
-        let started = Instant::now();
-        run_with_input(
-            &self.iptables,
-            &["iptables-restore", "--noflush"],
-            &self.services.iptables_drain_first_but_one(),
-        );
-        let probe = target([10, 97]);
-        self.iptables.run(move || only_b(probe));
-        let iptables = started.elapsed();
-
-        let started = Instant::now();
-        run_with_input(
-            &self.nftables,
-            &["nft", "-f", "-"],
-            &self.services.nft_drain_first_but_one(),
-        );
-        let probe = target([10, 98]);
-        self.nftables.run(move || only_b(probe));
-        let nftables = started.elapsed();
+    pub fn weight_change(&self) -> WeightChange {
+        let drained = |contender: Contender, change: &dyn Fn()| {
+            let started = Instant::now();
+            change();
+            let probe = self.target(contender);
+            self.as_client_of(contender, move || only_b(probe));
+            started.elapsed()
+        };
         WeightChange {
-            weft,
-            iptables,
-            nftables,
+            weft: drained(Contender::Weft, &|| {
+                self.weft
+                    .agent()
+                    .write_config(&self.services.weft_yaml([10, 96], &[0, 1]))
+            }),
+            iptables: drained(Contender::Iptables, &|| {
+                run_with_input(
+                    &self.iptables,
+                    &["iptables-restore", "--noflush"],
+                    &self.services.iptables_drain_first_but_one(),
+                )
+            }),
+            nftables: drained(Contender::Nftables, &|| {
+                run_with_input(
+                    &self.nftables,
+                    &["nft", "-f", "-"],
+                    &self.services.nft_drain_first_but_one(),
+                )
+            }),
         }
     }
 

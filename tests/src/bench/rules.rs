@@ -103,18 +103,9 @@ impl Services {
     /// service's chain, rewritten. Here the measured service keeps only its first endpoint.
     pub fn iptables_drain_first_but_one(&self) -> String {
         let i = self.measured_index();
-        let (mut chains, mut rules) = (format!("*nat\n:KUBE-SVC-{i} - [0:0]\n"), String::new());
-        let endpoints = self.endpoints(i).len();
-        // Keep the last endpoint only: the first ones are drained.
-        let keep = endpoints - 1;
-        let (addr, port) = self.endpoints(i)[keep];
-        let _ = writeln!(chains, ":KUBE-SEP-{i}-{keep} - [0:0]");
-        let _ = writeln!(rules, "-A KUBE-SVC-{i} -j KUBE-SEP-{i}-{keep}");
-        let _ = writeln!(
-            rules,
-            "-A KUBE-SEP-{i}-{keep} -p tcp -j DNAT --to-destination {addr}:{port}"
-        );
-        chains + &rules + "COMMIT\n"
+        // Declaring the chain in a --noflush restore flushes it; its endpoint chains stay.
+        let last = self.endpoints(i).len() - 1;
+        format!("*nat\n:KUBE-SVC-{i} - [0:0]\n-A KUBE-SVC-{i} -j KUBE-SEP-{i}-{last}\nCOMMIT\n")
     }
 
     /// kube-proxy's nftables-mode shape for `nft -f`: one verdict-map lookup on
@@ -129,7 +120,7 @@ impl Services {
         let _ = writeln!(out, "    elements = {{ {} }}\n  }}", elements.join(", "));
         out.push_str("  chain nat-output {\n    type nat hook output priority -100; policy accept;\n    ip daddr . meta l4proto . th dport vmap @service-ips\n  }\n");
         for i in 0..self.count {
-            out.push_str(&self.nft_service_chain(i, self.endpoints(i).len()));
+            out.push_str(&self.nft_service_chain(i));
             for (e, (addr, port)) in self.endpoints(i).iter().enumerate() {
                 let _ = writeln!(
                     out,
@@ -140,7 +131,8 @@ impl Services {
         out + "}\n"
     }
 
-    fn nft_service_chain(&self, i: usize, endpoints: usize) -> String {
+    fn nft_service_chain(&self, i: usize) -> String {
+        let endpoints = self.endpoints(i).len();
         let choices: Vec<String> = (0..endpoints)
             .map(|e| format!("{e} : goto ep-{i}-{e}"))
             .collect();
