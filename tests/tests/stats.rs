@@ -182,8 +182,11 @@ fn refused_connects_are_counted_per_endpoint() {
         "about half the connects are refused: {refused}"
     );
     let dead = [("service", "web"), ("endpoint", "127.0.0.5:8080")];
-    let after = scrape_until(&env, "the failures counted", |s| {
+    // Failures wake the agent at once, opened connections reach it on its next poll: wait
+    // for both.
+    let after = scrape_until(&env, "the failures and the opened counted", |s| {
         s.value("weft_tcp_connect_failures_total", &dead) >= refused as f64
+            && s.value("weft_tcp_connections_opened_total", &web_a()) >= (300 - refused) as f64
     });
     assert_eq!(
         after.value("weft_tcp_connect_failures_total", &dead),
