@@ -210,6 +210,12 @@ impl Agent {
                 .copied()
                 .unwrap_or(0)
         });
+        if let Err(e) = self
+            .datapath
+            .set_connection_stats(self.config.connection_stats)
+        {
+            error!(generation, "switching connection statistics: {e}");
+        }
         let changes = diff(self.datapath.installed(), &desired);
         let report: ApplyReport = self.datapath.apply(changes);
         let programs = self

@@ -21,6 +21,7 @@ pub mod maps {
     pub const EVENTS: &str = "WEFT_EVENTS_V2";
     pub const CONNS: &str = "WEFT_CONNS_V1";
     pub const LOST: &str = "WEFT_LOST_V1";
+    pub const SETTINGS: &str = "WEFT_SETTINGS_V1";
 
     /// Services (address, port, protocol) the kernel translates.
     pub const SERVICES_CAPACITY: u32 = 65_536;
@@ -35,6 +36,14 @@ pub mod maps {
     pub const EVENTS_BYTES: u32 = 1 << 20;
     /// Live translated TCP connections the kernel follows (LRU: the oldest go first).
     pub const CONNS_CAPACITY: u32 = 131_072;
+}
+
+/// Bits of the one `u32` in `WEFT_SETTINGS_V1`, written by the agent from its config. Zero
+/// (a freshly created map) is the default behaviour.
+pub mod settings {
+    /// No live record, no opened/closed events: only connect failures are reported (passive
+    /// failure detection needs them).
+    pub const CONNECTION_STATS_OFF: u32 = 1;
 }
 
 /// Flag for hash maps whose elements are allocated on insert: memory follows use, and a

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use weft_common::{
     BPF_F_NO_PREALLOC, Backend, ConnRecord, MaglevChunk, MaglevKey, RevNatKey, RevNatValue,
@@ -34,3 +34,7 @@ pub static CONNS: LruHashMap<u64, ConnRecord> = LruHashMap::pinned(maps::CONNS_C
 /// Ring-buffer records dropped because the ring was full, per CPU; the agent reports the sum.
 #[map(name = "WEFT_LOST_V1")]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
+
+/// Agent-written switches (`weft_common::settings`), one `u32`.
+#[map(name = "WEFT_SETTINGS_V1")]
+pub static SETTINGS: Array<u32> = Array::pinned(1, 0);

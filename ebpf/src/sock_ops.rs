@@ -11,9 +11,9 @@ use aya_ebpf::{
     helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
     programs::SockOpsContext,
 };
-use weft_common::{ConnRecord, FAMILY_V4, FAMILY_V6, RevNatKey, conn_flags, event};
+use weft_common::{ConnRecord, FAMILY_V4, FAMILY_V6, RevNatKey, conn_flags, event, settings};
 
-use crate::maps::{CONNS, EVENTS, LOST, REVNAT};
+use crate::maps::{CONNS, EVENTS, LOST, REVNAT, SETTINGS};
 
 const AF_INET: u32 = 2;
 
@@ -70,11 +70,24 @@ fn on_connect(ctx: &SockOpsContext) {
     let Some(translation) = (unsafe { REVNAT.get(&revnat_key(&record)) }).copied() else {
         return;
     };
+    if connection_stats_off() {
+        // Still follow the state: a connect failure feeds passive failure detection, and the
+        // close removes the reverse-NAT entry.
+        let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | STATE_CB_FLAG);
+        return;
+    }
     record.service_id = translation.service_id;
     record.backend_id = translation.backend_id;
     let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | STATE_CB_FLAG | RTT_CB_FLAG);
     refresh(ctx, &mut record);
     let _ = CONNS.insert(&cookie, &record, 0);
+}
+
+#[inline(always)]
+fn connection_stats_off() -> bool {
+    SETTINGS
+        .get(0)
+        .is_some_and(|bits| bits & settings::CONNECTION_STATS_OFF != 0)
 }
 
 /// The reverse-NAT entry connect4/6 wrote for this socket: keyed by cookie and endpoint.
@@ -113,9 +126,42 @@ fn on_segment_after_fin(ctx: &SockOpsContext) {
 
 #[inline(always)]
 fn on_state(ctx: &SockOpsContext, old: u32, new: u32) {
-    let Some(record) = live(ctx) else {
+    match live(ctx) {
+        Some(record) => follow_state(ctx, record, old, new),
+        None if new == TCP_CLOSE => close_untracked(ctx, old),
+        None => {}
+    }
+}
+
+/// A translated socket without a live record (connection statistics off) closes: report a
+/// failed connect with what the reverse-NAT entry knows, and drop that entry.
+#[inline(always)]
+fn close_untracked(ctx: &SockOpsContext, old: u32) {
+    let mut record = ConnRecord {
+        // SAFETY: plain helper call valid for sock_ops programs.
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        ..ConnRecord::default()
+    };
+    fill_addresses(ctx, &mut record);
+    let revnat = revnat_key(&record);
+    // SAFETY: LRU element copied immediately.
+    let Some(translation) = (unsafe { REVNAT.get(&revnat) }).copied() else {
         return;
     };
+    if old == TCP_SYN_SENT {
+        record.service_id = translation.service_id;
+        record.backend_id = translation.backend_id;
+        record.state = TCP_CLOSE as u8;
+        // SAFETY: plain helper call.
+        record.update_ns = unsafe { bpf_ktime_get_boot_ns() };
+        record.start_ns = record.update_ns;
+        emit(&record, event::CONNECT_FAILED);
+    }
+    let _ = REVNAT.remove(&revnat);
+}
+
+#[inline(always)]
+fn follow_state(ctx: &SockOpsContext, record: &mut ConnRecord, old: u32, new: u32) {
     match new {
         TCP_FIN_WAIT1 | TCP_LAST_ACK => {
             record.flags |= conn_flags::FIN_SENT;

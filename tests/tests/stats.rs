@@ -211,6 +211,77 @@ fn refused_connects_are_counted_per_endpoint() {
 }
 
 #[test]
+fn connection_stats_off_keeps_no_records_but_still_reports_failed_connects() {
+    let Some(mut env) = weft_tests::setup("stats-off") else {
+        return;
+    };
+    env.backends.tcp(&env.netns, "127.0.0.2:8080", "a");
+    let off = format!(
+        "{}stats: {{ connections: false }}\n",
+        config("{ kind: none }", &["127.0.0.2", "127.0.0.5"])
+    );
+    env.start_agent(&off);
+    assert_eq!(env.agent().cli_json(&["status"])["connection_stats"], false);
+    let before = metrics::scrape(&env.netns);
+    let service: SocketAddr = SERVICE.parse().unwrap();
+    // Connections held open: with statistics on each would have a live record by now.
+    let (held, refused) = env.client(move || {
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for _ in 0..200 {
+            match client::connect_once(service) {
+                Ok(connection) if held.len() < 40 => held.push(connection),
+                Ok(_) => {}
+                Err(_) => refused += 1,
+            }
+        }
+        (held, refused)
+    });
+    assert!(
+        held.len() > 5 && refused > 30,
+        "{} held, {refused} refused",
+        held.len()
+    );
+    let dead = [("service", "web"), ("endpoint", "127.0.0.5:8080")];
+    let after = scrape_until(&env, "the refused connects counted", |s| {
+        s.value("weft_tcp_connect_failures_total", &dead) >= refused as f64
+    });
+    assert_eq!(
+        after.value("weft_tcp_connect_failures_total", &dead),
+        refused as f64,
+        "passive failure detection still sees every refused connect"
+    );
+    assert_eq!(env.agent().cli_json(&["conns"]), Value::Array(vec![]));
+    assert_eq!(
+        after.value("weft_datapath_map_entries", &[("map", "WEFT_CONNS_V1")]),
+        0.0
+    );
+    assert_eq!(
+        after.value("weft_tcp_connections_opened_total", &web_a()),
+        before.value("weft_tcp_connections_opened_total", &web_a()),
+        "no opened events"
+    );
+    // Closing still removes each socket's reverse-NAT entry.
+    drop(held);
+    scrape_until(&env, "the reverse-NAT entries removed", |s| {
+        s.value("weft_datapath_map_entries", &[("map", "WEFT_REVNAT_V1")]) == 0.0
+    });
+
+    // Turned back on by a reload: new connections are followed again.
+    let agent = env.agent_mut();
+    let mark = agent.log_mark();
+    agent.write_config(&config("{ kind: none }", &["127.0.0.2"]));
+    agent.wait_for_log(mark, "config applied", Duration::from_secs(10));
+    assert_eq!(env.agent().cli_json(&["status"])["connection_stats"], true);
+    let opened = env.client(move || client::tally_tcp(service, 10).values().sum::<usize>());
+    scrape_until(&env, "ten opened connections counted", |s| {
+        s.value("weft_tcp_connections_opened_total", &web_a())
+            - after.value("weft_tcp_connections_opened_total", &web_a())
+            == opened as f64
+    });
+}
+
+#[test]
 fn a_burst_that_overruns_the_ring_is_counted_as_lost_and_the_agent_carries_on() {
     let Some(env) = env_with_backend("stats-overrun") else {
         return;

@@ -250,6 +250,7 @@ impl Shared {
             services: snapshot.services.len(),
             endpoints: snapshot.services.iter().map(|s| s.endpoints.len()).sum(),
             connections,
+            connection_stats: snapshot.connection_stats,
             panicking: snapshot
                 .services
                 .iter()

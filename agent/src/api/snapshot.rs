@@ -14,6 +14,8 @@ pub struct Snapshot {
     /// In config order, so `resolver`'s service indexes point into it.
     pub services: Vec<ServiceView>,
     pub programs: Vec<ProgramView>,
+    /// Whether the kernel keeps per-connection records (`stats.connections`).
+    pub connection_stats: bool,
     pub installed: InstalledCounts,
     pub resolver: Resolver,
 }
@@ -64,6 +66,7 @@ impl Snapshot {
             generation,
             services,
             programs,
+            connection_stats: config.connection_stats,
             installed: InstalledCounts {
                 services: installed.services.len() as u64,
                 backends: installed.backends.len() as u64,

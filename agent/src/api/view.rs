@@ -110,6 +110,8 @@ pub struct StatusView {
     pub services: usize,
     pub endpoints: usize,
     pub connections: usize,
+    /// Per-connection records and events on (`stats.connections` in the config).
+    pub connection_stats: bool,
     pub panicking: Vec<String>,
     pub events_lost: u64,
     pub config_reloads_ok: u64,

@@ -135,7 +135,11 @@ fn status_table(s: &StatusView) -> String {
         table::millis(s.uptime_s * 1000),
         s.services,
         s.endpoints,
-        s.connections,
+        if s.connection_stats {
+            s.connections.to_string()
+        } else {
+            "off (stats.connections: false)".to_string()
+        },
         s.events_lost,
         s.config_reloads_ok,
         s.config_reloads_failed,

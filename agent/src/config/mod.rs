@@ -13,6 +13,9 @@ pub use error::{ConfigError, FieldError};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub services: Vec<Service>,
+    /// Per-connection records, events and counters (`stats.connections`, default on). Off,
+    /// the kernel still reports failed connects, for passive failure detection.
+    pub connection_stats: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,5 +166,16 @@ mod tests {
             "UDP has no default connect probe"
         );
         assert_eq!(service.outlier, None);
+        assert!(config.connection_stats, "connection statistics default on");
+    }
+
+    #[test]
+    fn connection_stats_can_be_turned_off() {
+        let config = Config::parse("services: []\nstats: { connections: false }\n").unwrap();
+        assert!(!config.connection_stats);
+        let error = Config::parse("services: []\nstats: { connection: false }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("stats"), "{error}");
     }
 }

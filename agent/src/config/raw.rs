@@ -11,6 +11,13 @@ use super::ConfigError;
 pub struct RawConfig {
     #[serde(default)]
     pub services: Vec<RawService>,
+    pub stats: Option<RawStats>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStats {
+    pub connections: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -72,7 +72,13 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         check_capacity(&services, &mut errors);
     }
     if errors.0.is_empty() {
-        Ok(Config { services })
+        Ok(Config {
+            services,
+            connection_stats: raw
+                .stats
+                .and_then(|stats| stats.connections)
+                .unwrap_or(true),
+        })
     } else {
         Err(ConfigError::Invalid(errors.0))
     }

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, MapError},
+    maps::{Array, HashMap, MapData, MapError},
 };
 use tracing::warn;
 use weft_common::{
@@ -21,6 +21,7 @@ pub struct Maps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, Backend>,
     maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
+    settings: Array<MapData, u32>,
 }
 
 pub(super) fn map_error(map: &'static str) -> impl Fn(MapError) -> DatapathError {
@@ -58,7 +59,25 @@ impl Maps {
             services: take(ebpf, names::SERVICES)?,
             backends: take(ebpf, names::BACKENDS)?,
             maglev: take(ebpf, names::MAGLEV)?,
+            settings: {
+                let map = names::SETTINGS;
+                let raw = ebpf
+                    .take_map(map)
+                    .ok_or(DatapathError::MissingMap { map })?;
+                Array::try_from(raw).map_err(map_error(map))?
+            },
         })
+    }
+
+    /// Sets the kernel programs' switches (`weft_common::settings` bits); a no-op write when
+    /// they already hold these bits.
+    pub fn write_settings(&mut self, bits: u32) -> Result<(), DatapathError> {
+        if self.settings.get(&0, 0).ok() == Some(bits) {
+            return Ok(());
+        }
+        self.settings
+            .set(0, &bits, 0)
+            .map_err(map_error(names::SETTINGS))
     }
 
     /// Reads what an earlier agent installed, so an unchanged config rewrites nothing.

@@ -127,6 +127,17 @@ impl Datapath {
         &self.installed
     }
 
+    /// Turns the kernel's per-connection records and events on or off; connect failures are
+    /// reported either way.
+    pub fn set_connection_stats(&mut self, on: bool) -> Result<(), DatapathError> {
+        let bits = if on {
+            0
+        } else {
+            weft_common::settings::CONNECTION_STATS_OFF
+        };
+        self.maps.write_settings(bits)
+    }
+
     /// Applies changes in commit order. A service whose table cannot be written keeps its
     /// previous one (reported in `failures`); everything else still applies.
     pub fn apply(&mut self, changes: Changes) -> ApplyReport {
