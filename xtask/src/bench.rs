@@ -13,7 +13,7 @@ use crate::{build, setup, util};
 pub struct Options {
     /// Every contender briefly: a smoke run that only checks each produced numbers.
     #[arg(long)]
-    quick: bool,
+    pub quick: bool,
 }
 
 pub fn run(opts: &Options) -> Result<()> {

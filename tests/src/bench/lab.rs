@@ -61,6 +61,9 @@ impl Contender {
 
 const HAPROXY_BIND: &str = "127.0.0.1:18000";
 
+/// The endpoint the failover runs kill; started only for them.
+const VICTIM: (Ipv4Addr, u16) = (Ipv4Addr::new(127, 0, 0, 4), 8080);
+
 fn real_backends() -> Vec<(Ipv4Addr, u16)> {
     vec![
         (Ipv4Addr::new(127, 0, 0, 2), 8080),
@@ -88,6 +91,31 @@ pub struct WeightChange {
     pub weft: Duration,
     pub iptables: Duration,
     pub nftables: Duration,
+}
+
+/// A backend killed under load: how long until clients stopped failing.
+#[derive(Clone, Debug)]
+pub struct Failover {
+    pub setup: &'static str,
+    pub connects: u64,
+    /// Failed connection attempts after the kill.
+    pub failed: u64,
+    /// Failed attempts before the kill: must be 0, or the setup was not ready.
+    pub failed_before: u64,
+    /// From the kill to the last failure; None if clients were still failing at the end.
+    pub recovered_after: Option<Duration>,
+    /// How long the load ran after the kill.
+    pub window: Duration,
+}
+
+/// How a failover run is timed.
+#[derive(Clone, Copy, Debug)]
+pub struct FailoverTiming {
+    pub workers: usize,
+    /// Load before the kill.
+    pub before: Duration,
+    /// Load after the kill; the last third must be free of failures to count as recovered.
+    pub after: Duration,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -258,10 +286,7 @@ impl Lab {
         match contender {
             // Only weft's client sits in the agent's cgroup.
             Contender::Weft => self.weft.client(f),
-            Contender::Direct => self.direct.run(f),
-            Contender::Iptables => self.iptables.run(f),
-            Contender::Nftables => self.nftables.run(f),
-            Contender::Haproxy => self.haproxy_ns.run(f),
+            other => self.namespace_of(other).run(f),
         }
     }
 
@@ -296,6 +321,137 @@ impl Lab {
                     &self.services.nft_drain_first_but_one(),
                 )
             }),
+        }
+    }
+
+    /// The socket path with per-connection statistics on, then off, `rounds` times; the
+    /// config is reloaded between the two (at one service that takes milliseconds).
+    pub fn stats_on_and_off(
+        &mut self,
+        rounds: usize,
+        workers: usize,
+        duration: Duration,
+    ) -> (Vec<Sample>, Vec<Sample>) {
+        let on = self.services.weft_yaml([10, 96], &[]);
+        let off = format!("{on}stats: {{ connections: false }}\n");
+        let (mut with_stats, mut without) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            with_stats.push(self.drive(Contender::Weft, workers, duration));
+            self.apply_weft_config(&off);
+            without.push(self.drive(Contender::Weft, workers, duration));
+            self.apply_weft_config(&on);
+        }
+        (with_stats, without)
+    }
+
+    fn apply_weft_config(&mut self, config: &str) {
+        let agent = self.weft.agent_mut();
+        let mark = agent.log_mark();
+        agent.write_config(config);
+        agent.wait_for_log(mark, "config applied", Duration::from_secs(120));
+    }
+
+    /// One service with two endpoints, the second killed under load: weft with active
+    /// probes, weft with passive detection only, and kube-proxy's iptables shape (which has
+    /// no health checking of its own). Replaces the installed services, so it runs last.
+    pub fn failover(&mut self, timing: FailoverTiming) -> Vec<Failover> {
+        const PROBES: &str =
+            "    health: { kind: tcp, interval: 200ms, timeout: 200ms, unhealthy_threshold: 2 }\n";
+        const PASSIVE: &str =
+            "    health: { kind: none }\n    outlier: { consecutive_failures: 3 }\n";
+        let service = Services {
+            count: 1,
+            endpoints_each: 0,
+            real_backends: vec![real_backends()[0], VICTIM],
+        };
+        self.services = service;
+        let mut results = Vec::new();
+        for (setup, detection) in [
+            (
+                "weft, active probes (every 200 ms, down after 2 failures)",
+                PROBES,
+            ),
+            ("weft, passive detection only (3 failed connects)", PASSIVE),
+        ] {
+            let yaml = self
+                .services
+                .weft_yaml([10, 96], &[])
+                .replace("    health: { kind: none }\n", detection);
+            results.push(self.kill_under_load(Contender::Weft, setup, timing, |lab| {
+                lab.apply_weft_config(&yaml)
+            }));
+        }
+        let rules = self.services.iptables_restore([10, 97]);
+        results.push(self.kill_under_load(
+            Contender::Iptables,
+            "iptables, kube-proxy's shape (no health checking)",
+            timing,
+            |lab| run_with_input(&lab.iptables, &["iptables-restore"], &rules),
+        ));
+        results
+    }
+
+    /// Starts the victim backend, programs the contender, waits until both endpoints answer,
+    /// then kills the victim while clients run.
+    fn kill_under_load(
+        &mut self,
+        contender: Contender,
+        setup: &'static str,
+        timing: FailoverTiming,
+        program: impl FnOnce(&mut Lab),
+    ) -> Failover {
+        let mut victim = self
+            .namespace_of(contender)
+            .run(|| Backend::start(SocketAddr::from(VICTIM), "victim"));
+        program(self);
+        let target = self.target(contender);
+        let both = self.as_client_of(contender, move || reaches_both(target));
+        assert!(
+            both,
+            "{setup}: {target} did not reach both endpoints within 10 s"
+        );
+        let lab = &*self;
+        let (run, killed) = std::thread::scope(|scope| {
+            let load = scope.spawn(|| {
+                lab.as_client_of(contender, move || {
+                    load::run_workers(target, timing.workers, timing.before + timing.after)
+                })
+            });
+            std::thread::sleep(timing.before);
+            let killed = Instant::now();
+            victim.stop();
+            (load.join().expect("failover load"), killed)
+        });
+        let after: Vec<Instant> = run
+            .failures
+            .iter()
+            .copied()
+            .filter(|&t| t >= killed)
+            .collect();
+        let end = run.started + run.elapsed;
+        let window = end.saturating_duration_since(killed);
+        let last = after.last().map(|&t| t - killed);
+        Failover {
+            setup,
+            connects: run.latencies_us.len() as u64 + run.failures.len() as u64,
+            failed: after.len() as u64,
+            failed_before: (run.failures.len() - after.len()) as u64,
+            recovered_after: match last {
+                Some(last) if last > window * 2 / 3 => None,
+                Some(last) => Some(last),
+                None => Some(Duration::ZERO),
+            },
+            window,
+        }
+    }
+
+    fn namespace_of(&self, contender: Contender) -> &NetNs {
+        match contender {
+            Contender::Weft => &self.weft.netns,
+            Contender::Direct => &self.direct,
+            Contender::Iptables => &self.iptables,
+            Contender::Nftables => &self.nftables,
+            Contender::Haproxy => &self.haproxy_ns,
         }
     }
 
@@ -360,6 +516,20 @@ fn only_b(target: SocketAddr) {
             _ => streak = 0,
         }
     }
+}
+
+/// Whether both the first real backend and the victim answer within 10 s.
+fn reaches_both(target: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut first, mut victim) = (false, false);
+    while Instant::now() < deadline && !(first && victim) {
+        match load::one_request_named(target).as_deref() {
+            Ok("a") => first = true,
+            Ok("victim") => victim = true,
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    first && victim
 }
 
 /// Runs a command in the namespace with `input` on stdin; panics with its stderr on failure.

@@ -29,32 +29,9 @@ pub struct Sample {
 /// Runs `workers` client threads against `target` for `duration`. Call it on a thread that
 /// is already in the right network namespace (and cgroup): workers inherit both.
 pub fn drive(target: SocketAddr, workers: usize, duration: Duration) -> Sample {
-    let started = Instant::now();
-    let deadline = started + duration;
-    let threads: Vec<JoinHandle<(Vec<u32>, u64)>> = (0..workers)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let mut latencies = Vec::with_capacity(100_000);
-                let mut failures = 0;
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    match one_request(target) {
-                        Ok(()) => latencies.push(t.elapsed().as_micros() as u32),
-                        Err(_) => failures += 1,
-                    }
-                }
-                (latencies, failures)
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    let mut failures = 0;
-    for t in threads {
-        let (l, f) = t.join().expect("load worker");
-        latencies.extend(l);
-        failures += f;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+    let run = run_workers(target, workers, duration);
+    let elapsed = run.elapsed.as_secs_f64();
+    let mut latencies = run.latencies_us;
     latencies.sort_unstable();
     let quantile = |q: f64| {
         latencies
@@ -63,11 +40,58 @@ pub fn drive(target: SocketAddr, workers: usize, duration: Duration) -> Sample {
     };
     Sample {
         connections: latencies.len() as u64,
-        failures,
+        failures: run.failures.len() as u64,
         per_second: latencies.len() as f64 / elapsed,
         p50_us: quantile(0.5),
         p99_us: quantile(0.99),
     }
+}
+
+/// What the workers of one run saw.
+pub struct Run {
+    pub started: Instant,
+    pub elapsed: Duration,
+    /// Whole-connection latency of each success.
+    pub latencies_us: Vec<u32>,
+    /// When each failed connection attempt ended.
+    pub failures: Vec<Instant>,
+}
+
+/// The closed loop itself: `workers` threads, each connecting again as soon as the previous
+/// connection ended, until `duration` is over.
+pub fn run_workers(target: SocketAddr, workers: usize, duration: Duration) -> Run {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let threads: Vec<JoinHandle<(Vec<u32>, Vec<Instant>)>> = (0..workers)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut latencies = Vec::with_capacity(100_000);
+                let mut failures = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    match one_request(target) {
+                        Ok(()) => latencies.push(t.elapsed().as_micros() as u32),
+                        Err(_) => failures.push(Instant::now()),
+                    }
+                }
+                (latencies, failures)
+            })
+        })
+        .collect();
+    let mut run = Run {
+        started,
+        elapsed: Duration::ZERO,
+        latencies_us: Vec::new(),
+        failures: Vec::new(),
+    };
+    for t in threads {
+        let (latencies, failures) = t.join().expect("load worker");
+        run.latencies_us.extend(latencies);
+        run.failures.extend(failures);
+    }
+    run.elapsed = started.elapsed();
+    run.failures.sort_unstable();
+    run
 }
 
 /// One short connection; the answer's first line names the backend.

@@ -11,8 +11,8 @@ pub mod rules;
 
 use std::time::Duration;
 
-pub use lab::Contender;
-use lab::Lab;
+pub use lab::{Contender, Failover};
+use lab::{FailoverTiming, Lab};
 pub use report::Report;
 
 pub struct Options {
@@ -26,6 +26,9 @@ struct Plan {
     duration: Duration,
     workers: usize,
     idle: Duration,
+    failover: FailoverTiming,
+    /// Services installed for the second set of rounds and the programming times.
+    many: usize,
 }
 
 impl Plan {
@@ -36,6 +39,13 @@ impl Plan {
                 duration: Duration::from_millis(300),
                 workers: 2,
                 idle: Duration::from_millis(500),
+                failover: FailoverTiming {
+                    workers: 2,
+                    before: Duration::from_millis(300),
+                    after: Duration::from_millis(1500),
+                },
+                // `nft -f` alone takes ~100 s for 10,000 services here.
+                many: 1_000,
             }
         } else {
             Plan {
@@ -43,23 +53,28 @@ impl Plan {
                 duration: Duration::from_secs(2),
                 workers: 2,
                 idle: Duration::from_secs(5),
+                failover: FailoverTiming {
+                    workers: 2,
+                    before: Duration::from_millis(500),
+                    after: Duration::from_secs(3),
+                },
+                many: 10_000,
             }
         }
     }
 }
 
-pub const MANY: usize = 10_000;
-
 pub fn run(options: &Options) -> Report {
     let plan = Plan::new(options.quick);
     let mut report = Report::new(options.quick, plan.rounds, plan.duration, plan.workers);
+    report.many = plan.many;
     let mut lab = Lab::create();
     report.iptables_variant = lab::iptables_variant();
 
-    for scale in [1, MANY] {
+    for scale in [1, plan.many] {
         eprintln!("bench: installing {scale} service(s) in every contender");
         let install = lab.install(scale);
-        if scale == MANY {
+        if scale == plan.many {
             report.install = install;
             report.footprint_many = Some(lab.weft_footprint(plan.idle));
         } else {
@@ -83,8 +98,23 @@ pub fn run(options: &Options) -> Report {
                 report.add_sample(scale, contender, sample);
             }
         }
+        if scale == 1 {
+            eprintln!("bench: the socket path with connection statistics on and off");
+            report.stats_on_off = lab.stats_on_and_off(plan.rounds, plan.workers, plan.duration);
+        }
     }
-    eprintln!("bench: changing one endpoint's weight among {MANY} services");
+    eprintln!(
+        "bench: changing one endpoint's weight among {} services",
+        plan.many
+    );
     report.weight_change = lab.weight_change();
+    eprintln!("bench: killing a backend under load");
+    report.failover = lab.failover(plan.failover);
+    for f in &report.failover {
+        eprintln!(
+            "bench: {}: {} connects, {} failed after the kill, recovered after {:?}",
+            f.setup, f.connects, f.failed, f.recovered_after
+        );
+    }
     report
 }

@@ -4,13 +4,14 @@
 use std::{collections::BTreeMap, fmt::Write as _, path::Path, time::Duration};
 
 use super::{
-    MANY,
-    lab::{Contender, Footprint, Install, WeightChange},
+    lab::{Contender, Failover, Footprint, Install, WeightChange},
     load::Sample,
 };
 
 pub struct Report {
     quick: bool,
+    /// The larger scale: services installed for the second set of rounds.
+    pub many: usize,
     rounds: usize,
     duration: Duration,
     workers: usize,
@@ -20,6 +21,9 @@ pub struct Report {
     pub footprint_one: Option<Footprint>,
     pub footprint_many: Option<Footprint>,
     pub iptables_variant: String,
+    /// The socket path at one service: rounds with per-connection statistics, rounds without.
+    pub stats_on_off: (Vec<Sample>, Vec<Sample>),
+    pub failover: Vec<Failover>,
 }
 
 /// Medians over the rounds of one contender at one scale.
@@ -40,10 +44,24 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+fn summarize(samples: &[Sample]) -> Option<Summary> {
+    if samples.is_empty() {
+        return None;
+    }
+    let pick = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect());
+    Some(Summary {
+        per_second: pick(|s| s.per_second),
+        p50_us: pick(|s| s.p50_us),
+        p99_us: pick(|s| s.p99_us),
+        failures: samples.iter().map(|s| s.failures).sum(),
+    })
+}
+
 impl Report {
     pub fn new(quick: bool, rounds: usize, duration: Duration, workers: usize) -> Report {
         Report {
             quick,
+            many: 10_000,
             rounds,
             duration,
             workers,
@@ -53,6 +71,8 @@ impl Report {
             footprint_one: None,
             footprint_many: None,
             iptables_variant: String::new(),
+            stats_on_off: (Vec::new(), Vec::new()),
+            failover: Vec::new(),
         }
     }
 
@@ -64,14 +84,14 @@ impl Report {
     }
 
     pub fn summary(&self, scale: usize, contender: Contender) -> Option<Summary> {
-        let samples = self.samples.get(&(scale, contender))?;
-        let pick = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect());
-        Some(Summary {
-            per_second: pick(|s| s.per_second),
-            p50_us: pick(|s| s.p50_us),
-            p99_us: pick(|s| s.p99_us),
-            failures: samples.iter().map(|s| s.failures).sum(),
-        })
+        summarize(self.samples.get(&(scale, contender))?)
+    }
+
+    /// Connection rate with per-connection statistics over the rate without.
+    pub fn stats_ratio(&self) -> Option<(Summary, Summary, f64)> {
+        let on = summarize(&self.stats_on_off.0)?;
+        let off = summarize(&self.stats_on_off.1)?;
+        Some((on, off, on.per_second / off.per_second))
     }
 
     /// Contender rate over direct's at the same scale.
@@ -83,7 +103,7 @@ impl Report {
     /// Problems that make the run unusable: a contender without numbers, or failures.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        for scale in [1, MANY] {
+        for scale in [1, self.many] {
             for c in Contender::ALL.into_iter().filter(|c| c.serves(scale)) {
                 match self.summary(scale, c) {
                     None => problems.push(format!("{} at {scale}: no numbers", c.name())),
@@ -97,6 +117,31 @@ impl Report {
                     )),
                     Some(_) => {}
                 }
+            }
+        }
+        match self.stats_ratio() {
+            None => problems.push("weft with statistics on/off: no numbers".into()),
+            Some((on, off, _)) if on.failures + off.failures > 0 => problems.push(format!(
+                "weft with statistics on/off: {} failed connections",
+                on.failures + off.failures
+            )),
+            Some(_) => {}
+        }
+        if self.failover.len() != 3 {
+            problems.push(format!(
+                "failover: {} of 3 setups measured",
+                self.failover.len()
+            ));
+        }
+        for f in &self.failover {
+            if f.connects == 0 {
+                problems.push(format!("failover, {}: no connections", f.setup));
+            }
+            if f.failed_before > 0 {
+                problems.push(format!(
+                    "failover, {}: {} connections failed before the kill",
+                    f.setup, f.failed_before
+                ));
             }
         }
         problems
@@ -131,7 +176,7 @@ impl Report {
             self.iptables_variant
         );
         let _ = writeln!(out, "![connection rate relative to direct]({chart_file})\n");
-        for scale in [1, MANY] {
+        for scale in [1, self.many] {
             let _ = writeln!(
                 out,
                 "## Short connections, {scale} service{} installed\n\n\
@@ -196,17 +241,70 @@ impl Report {
              | services installed | agent |\n| --- | --- |\n\
              | 1 | {} |\n| {} (10 endpoints each) | {} |\n",
             foot(self.footprint_one),
-            MANY,
+            self.many,
             foot(self.footprint_many)
         );
+        out.push_str(&self.stats_section());
+        out.push_str(&self.failover_section());
         out.push_str(&self.targets());
+        out
+    }
+
+    fn stats_section(&self) -> String {
+        let mut out = String::from(
+            "## Per-connection statistics on and off (weft, 1 service)\n\n\
+             | | connections/s | p50 latency | p99 latency |\n| --- | ---: | ---: | ---: |\n",
+        );
+        let Some((on, off, ratio)) = self.stats_ratio() else {
+            return out + "| n/a | | | |\n\n";
+        };
+        for (name, s) in [("stats on (default)", on), ("stats off", off)] {
+            let _ = writeln!(
+                out,
+                "| {name} | {:.0} | {:.0} µs | {:.0} µs |",
+                s.per_second, s.p50_us, s.p99_us
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nWith statistics the socket path makes {ratio:.2}× the connections it makes \
+             without ({} rounds each, alternating; `stats: {{ connections: false }}` reloaded \
+             between them). Connect failures are reported either way.\n",
+            self.stats_on_off.0.len()
+        );
+        out
+    }
+
+    fn failover_section(&self) -> String {
+        let mut out = String::from(
+            "## Failover: a backend killed under load\n\n\
+             One service with two endpoints, closed-loop clients; the second endpoint's listener \
+             is closed mid-run (connects to it are refused).\n\n\
+             | setup | connects | failed after the kill | clients stop failing after |\n\
+             | --- | ---: | ---: | ---: |\n",
+        );
+        for f in &self.failover {
+            let recovered = match f.recovered_after {
+                Some(d) => format!("{:.0} ms", ms(d)),
+                None => format!(
+                    "still failing {:.1} s after the kill",
+                    f.window.as_secs_f64()
+                ),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {recovered} |",
+                f.setup, f.connects, f.failed
+            );
+        }
+        out.push('\n');
         out
     }
 
     fn targets(&self) -> String {
         let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
         let mut out = String::from("## Targets\n\n| target | measured | |\n| --- | --- | --- |\n");
-        for scale in [1, MANY] {
+        for scale in [1, self.many] {
             if let Some(r) = self.ratio(scale, Contender::Weft) {
                 let _ = writeln!(
                     out,
@@ -218,7 +316,8 @@ impl Report {
         let install = ms(self.install.weft);
         let _ = writeln!(
             out,
-            "| {MANY} services installed in under 1 s | {install:.0} ms | {} |",
+            "| {} services installed in under 1 s | {install:.0} ms | {} |",
+            self.many,
             verdict(install < 1000.0)
         );
         let change = ms(self.weight_change.weft);
@@ -231,15 +330,23 @@ impl Report {
             let mib = f.rss_kb as f64 / 1024.0;
             let _ = writeln!(
                 out,
-                "| agent RSS under 50 MB at {MANY} services | {mib:.1} MiB | {} |",
+                "| agent RSS under 50 MB at {} services | {mib:.1} MiB | {} |",
+                self.many,
                 verdict(mib * 1.048_576 < 50.0)
             );
         }
-        out.push_str(
-            "\nNot measured by this bench yet: failover under load (see the README's failover \
-             table, measured by the end-to-end tests) and the connection rate with per-connection \
-             statistics off (there is no switch yet).\n",
-        );
+        for f in self.failover.iter().filter(|f| f.setup.starts_with("weft")) {
+            let (measured, ok) = match f.recovered_after {
+                Some(d) => (format!("{:.0} ms", ms(d)), d < Duration::from_secs(1)),
+                None => ("not within the run".to_string(), false),
+            };
+            let _ = writeln!(
+                out,
+                "| failover under 1 s: {} | {measured} | {} |",
+                f.setup,
+                verdict(ok)
+            );
+        }
         out
     }
 
@@ -249,7 +356,7 @@ impl Report {
         let plot_h = height - top - 60.0;
         let max = Contender::ALL
             .iter()
-            .flat_map(|&c| [1, MANY].map(|s| self.ratio(s, c).unwrap_or(0.0)))
+            .flat_map(|&c| [1, self.many].map(|s| self.ratio(s, c).unwrap_or(0.0)))
             .fold(1.0_f64, f64::max)
             .max(1.0);
         let y = |v: f64| top + plot_h * (1.0 - v / max);
@@ -274,7 +381,7 @@ impl Report {
         let group = (width - left - 20.0) / Contender::ALL.len() as f64;
         for (ci, c) in Contender::ALL.iter().enumerate() {
             let x0 = left + group * ci as f64 + group / 2.0 - bar;
-            for (si, scale) in [1, MANY].iter().enumerate() {
+            for (si, scale) in [1, self.many].iter().enumerate() {
                 let x = x0 + si as f64 * (bar + 2.0);
                 match self.ratio(*scale, *c) {
                     Some(r) => {
@@ -308,7 +415,8 @@ impl Report {
             );
         }
         let legend_y = height - 14.0;
-        for (si, label) in ["1 service", "10,000 services"].iter().enumerate() {
+        let many = format!("{} services", self.many);
+        for (si, label) in ["1 service", many.as_str()].iter().enumerate() {
             let x = left + si as f64 * 140.0;
             let _ = writeln!(
                 out,
@@ -366,6 +474,29 @@ mod tests {
         assert_eq!(r.summary(1, Contender::Direct).unwrap().per_second, 1000.0);
         assert_eq!(r.ratio(1, Contender::Weft), Some(0.9));
         assert!(r.problems().iter().any(|p| p.contains("iptables at 1")));
+        assert!(r.problems().iter().any(|p| p.contains("statistics on/off")));
+        assert!(r.problems().iter().any(|p| p.contains("0 of 3 setups")));
+        r.stats_on_off = (vec![sample(900.0)], vec![sample(1000.0)]);
+        assert_eq!(r.stats_ratio().map(|(_, _, ratio)| ratio), Some(0.9));
+        r.failover.push(Failover {
+            setup: "weft, passive",
+            connects: 100,
+            failed: 3,
+            failed_before: 1,
+            recovered_after: Some(Duration::from_millis(4)),
+            window: Duration::from_secs(3),
+        });
+        let problems = r.problems();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("1 connections failed before the kill"))
+        );
+        assert!(!problems.iter().any(|p| p.contains("statistics on/off")));
+        assert!(
+            r.markdown("c.svg")
+                .contains("| failover under 1 s: weft, passive | 4 ms | met |")
+        );
         assert!(r.svg().contains("<svg"));
     }
 }
