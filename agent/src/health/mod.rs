@@ -38,6 +38,9 @@ struct Tracked {
 #[derive(Default)]
 pub struct Health {
     endpoints: HashMap<EndpointKey, Tracked>,
+    /// The endpoints currently ejected: the frequent expiry check walks these, not all
+    /// (100,000 endpoints walked 20 times a second cost ~5 % of a CPU).
+    ejected: HashSet<EndpointKey>,
     panicking: HashSet<String>,
 }
 
@@ -79,6 +82,12 @@ impl Health {
             }
         }
         self.endpoints.retain(|key, _| keep.contains(key));
+        let endpoints = &self.endpoints;
+        self.ejected.retain(|key| {
+            endpoints
+                .get(key)
+                .is_some_and(|tracked| tracked.health.is_ejected())
+        });
     }
 
     /// Records a probe result; returns the state change, if any.
@@ -130,19 +139,22 @@ impl Health {
         let from = tracked.health.state(tracked.weight);
         tracked.health.eject(outlier, now);
         let to = tracked.health.state(tracked.weight);
+        self.ejected.insert(key.clone());
         (from != to).then_some(Transition { key, from, to })
     }
 
-    /// Ends ejections whose time is up. Runs often, so it touches nothing else.
+    /// Ends ejections whose time is up. Runs often, so it touches only ejected endpoints.
     pub fn expire_ejections(&mut self, now: Instant) -> Vec<Transition> {
         let mut transitions = Vec::new();
-        for (key, tracked) in &mut self.endpoints {
-            if tracked
-                .health
-                .ejected_until()
-                .is_none_or(|until| until > now)
-            {
-                continue;
+        let endpoints = &mut self.endpoints;
+        self.ejected.retain(|key| {
+            let Some(tracked) = endpoints.get_mut(key) else {
+                return false;
+            };
+            match tracked.health.ejected_until() {
+                None => return false,
+                Some(until) if until > now => return true,
+                Some(_) => {}
             }
             let from = tracked.health.state(tracked.weight);
             tracked
@@ -154,7 +166,8 @@ impl Health {
                 from,
                 to,
             });
-        }
+            tracked.health.is_ejected()
+        });
         transitions
     }
 

@@ -33,8 +33,22 @@ pub fn watch(
     current: Vec<u8>,
 ) -> Result<mpsc::Receiver<Result<Config, ConfigError>>, WatchError> {
     let (event_tx, mut events) = mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |_event| {
-        let _ = event_tx.send(());
+    let file_name = path.file_name().map(|n| n.to_os_string());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Only writes, creations, renames and removals of the config itself: our own read of
+        // the file raises access events, and other files in the directory (a log written
+        // beside the config, say) change often; either would have us re-read a config of many
+        // megabytes over and over.
+        let concerns_config = event.map_or(true, |event| {
+            !matches!(event.kind, notify::EventKind::Access(_))
+                && event
+                    .paths
+                    .iter()
+                    .any(|p| concerns(p, file_name.as_deref()))
+        });
+        if concerns_config {
+            let _ = event_tx.send(());
+        }
     })
     .map_err(|source| WatchError {
         path: path.clone(),
@@ -95,9 +109,36 @@ pub fn watch(
     Ok(rx)
 }
 
+/// Whether a change to `changed` may change the config: the file itself, or Kubernetes'
+/// ConfigMap machinery (`..data` and `..<timestamp>` entries, swapped when the map changes).
+fn concerns(changed: &Path, config_name: Option<&std::ffi::OsStr>) -> bool {
+    let Some(name) = changed.file_name() else {
+        return true;
+    };
+    Some(name) == config_name || name.as_encoded_bytes().starts_with(b"..")
+}
+
 /// What the poll compares: cheap to read, changes whenever the file does.
 fn metadata_stamp(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
     use std::os::unix::fs::MetadataExt as _;
     let meta = fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len(), meta.ino()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_config_and_configmap_swaps_count_as_changes() {
+        let name = Some(std::ffi::OsStr::new("weft.yaml"));
+        assert!(concerns(Path::new("/etc/weft/weft.yaml"), name));
+        assert!(concerns(Path::new("/etc/weft/..data"), name));
+        assert!(concerns(
+            Path::new("/etc/weft/..2026_11_21_07_51_09.1"),
+            name
+        ));
+        assert!(!concerns(Path::new("/etc/weft/agent.log"), name));
+        assert!(!concerns(Path::new("/etc/weft/.weft.yaml.swp"), name));
+    }
 }
