@@ -103,13 +103,14 @@ impl Shared {
         let snapshot = self.snapshot();
         let now = record::boottime_ns();
         let mut resolved = Vec::with_capacity(batch.len());
+        let mut by_endpoint: HashMap<(usize, SocketAddr), Vec<&ConnRecord>> = HashMap::new();
         for r in batch {
             let Some((service, endpoint)) = snapshot.resolver.resolve(r.service_id, r.backend_id)
             else {
                 continue;
             };
             let name = &snapshot.services[service].name;
-            self.metrics.record_event(&labels(name, endpoint), r);
+            by_endpoint.entry((service, endpoint)).or_default().push(r);
             if self.events.receiver_count() > 0 {
                 let _ = self.events.send(ConnEventView {
                     event: event_name(r.kind).to_string(),
@@ -121,6 +122,11 @@ impl Shared {
                 endpoint,
                 kind: r.kind,
             });
+        }
+        for ((service, endpoint), records) in by_endpoint {
+            let name = &snapshot.services[service].name;
+            self.metrics
+                .record_events(&labels(name, endpoint), &records);
         }
         resolved
     }

@@ -236,32 +236,50 @@ impl Metrics {
         self
     }
 
-    /// One connection event from the kernel.
-    pub fn record_event(&self, labels: &EndpointLabels, record: &ConnRecord) {
-        match record.kind {
-            event::ESTABLISHED => {
-                self.opened.get_or_create(labels).inc();
-            }
-            event::CONNECT_FAILED => {
-                self.failed.get_or_create(labels).inc();
-            }
-            event::CLOSED => {
-                self.closed.get_or_create(labels).inc();
-                self.sent
-                    .get_or_create(labels)
-                    .inc_by(record::bytes_sent(record));
-                self.received
-                    .get_or_create(labels)
-                    .inc_by(record::bytes_received(record));
-                let (duration, srtt) =
-                    (record::duration_s(record), f64::from(record.srtt_us) / 1e6);
-                self.duration.get_or_create(labels).observe(duration);
-                self.srtt.get_or_create(labels).observe(srtt);
-                self.duration_sum.get_or_create(labels).inc_by(duration);
-                self.srtt_sum.get_or_create(labels).inc_by(srtt);
-            }
-            _ => {}
+    /// A batch of connection events of one endpoint: each family's series is looked up
+    /// once per batch, not once per event (at 10,000 connections a second the lookups, not
+    /// the counting, were the agent's cost).
+    pub fn record_events(&self, labels: &EndpointLabels, records: &[&ConnRecord]) {
+        let count = |kind: u8| records.iter().filter(|r| r.kind == kind).count() as u64;
+        let opened = count(event::ESTABLISHED);
+        if opened > 0 {
+            self.opened.get_or_create(labels).inc_by(opened);
         }
+        let failed = count(event::CONNECT_FAILED);
+        if failed > 0 {
+            self.failed.get_or_create(labels).inc_by(failed);
+        }
+        let closed: Vec<&ConnRecord> = records
+            .iter()
+            .copied()
+            .filter(|r| r.kind == event::CLOSED)
+            .collect();
+        if closed.is_empty() {
+            return;
+        }
+        self.closed
+            .get_or_create(labels)
+            .inc_by(closed.len() as u64);
+        self.sent
+            .get_or_create(labels)
+            .inc_by(closed.iter().map(|r| record::bytes_sent(r)).sum());
+        self.received
+            .get_or_create(labels)
+            .inc_by(closed.iter().map(|r| record::bytes_received(r)).sum());
+        let durations: Vec<f64> = closed.iter().map(|r| record::duration_s(r)).collect();
+        let srtts: Vec<f64> = closed.iter().map(|r| f64::from(r.srtt_us) / 1e6).collect();
+        let duration = self.duration.get_or_create(labels);
+        durations.iter().for_each(|&d| duration.observe(d));
+        drop(duration);
+        let srtt = self.srtt.get_or_create(labels);
+        srtts.iter().for_each(|&s| srtt.observe(s));
+        drop(srtt);
+        self.duration_sum
+            .get_or_create(labels)
+            .inc_by(durations.iter().sum());
+        self.srtt_sum
+            .get_or_create(labels)
+            .inc_by(srtts.iter().sum());
     }
 
     /// Health and weight of one configured endpoint. The state is one series per endpoint,
@@ -423,16 +441,22 @@ mod tests {
             srtt_us: 50,
             ..ConnRecord::default()
         };
-        metrics.record_event(&l, &closed);
+        let opened = ConnRecord {
+            kind: event::ESTABLISHED,
+            ..ConnRecord::default()
+        };
+        // One batch: two closes and an open of the same endpoint.
+        metrics.record_events(&l, &[&closed, &opened, &closed]);
         let stats = metrics.endpoint_stats(&l, 0);
-        assert_eq!((stats.bytes_sent, stats.bytes_received), (1000, 2000));
-        assert_eq!(stats.connections_closed, 1);
+        assert_eq!((stats.bytes_sent, stats.bytes_received), (2000, 4000));
+        assert_eq!(stats.connections_closed, 2);
+        assert_eq!(stats.connections_opened, 1);
         assert_eq!(stats.mean_duration_ms, Some(2.0));
         assert_eq!(stats.mean_srtt_us, Some(50.0));
         let text = metrics.encode();
         assert!(
             text.contains(
-                "weft_tcp_sent_bytes_total{service=\"web\",endpoint=\"10.0.0.1:80\"} 1000"
+                "weft_tcp_sent_bytes_total{service=\"web\",endpoint=\"10.0.0.1:80\"} 2000"
             ),
             "{text}"
         );
@@ -444,12 +468,12 @@ mod tests {
         let (a, b) = (labels("10.0.0.1:80"), labels("10.0.0.2:80"));
         metrics.retain([a.clone(), b.clone()].into());
         metrics.set_endpoint(&b, "healthy", 1);
-        metrics.record_event(
+        metrics.record_events(
             &b,
-            &ConnRecord {
+            &[&ConnRecord {
                 kind: event::ESTABLISHED,
                 ..ConnRecord::default()
-            },
+            }],
         );
         assert!(metrics.encode().contains("10.0.0.2:80"));
         metrics.retain([a].into());

@@ -91,13 +91,29 @@ impl Report {
     pub fn stats_ratio(&self) -> Option<(Summary, Summary, f64)> {
         let on = summarize(&self.stats_on_off.0)?;
         let off = summarize(&self.stats_on_off.1)?;
-        Some((on, off, on.per_second / off.per_second))
+        // Paired like the contenders: each round with statistics against the one without.
+        let ratios = self
+            .stats_on_off
+            .0
+            .iter()
+            .zip(&self.stats_on_off.1)
+            .map(|(on, off)| on.per_second / off.per_second)
+            .collect();
+        Some((on, off, median(ratios)))
     }
 
-    /// Contender rate over direct's at the same scale.
+    /// Contender rate over direct's at the same scale: the median of the per-round ratios,
+    /// each round's contender against the direct run just before it, so drift between
+    /// rounds on this shared machine cancels out.
     pub fn ratio(&self, scale: usize, contender: Contender) -> Option<f64> {
-        let direct = self.summary(scale, Contender::Direct)?.per_second;
-        Some(self.summary(scale, contender)?.per_second / direct)
+        let direct = self.samples.get(&(scale, Contender::Direct))?;
+        let mine = self.samples.get(&(scale, contender))?;
+        let ratios: Vec<f64> = direct
+            .iter()
+            .zip(mine)
+            .map(|(d, c)| c.per_second / d.per_second)
+            .collect();
+        (!ratios.is_empty()).then(|| median(ratios))
     }
 
     /// Problems that make the run unusable: a contender without numbers, or failures.
@@ -155,8 +171,9 @@ impl Report {
             out,
             "# weft benchmarks\n\nProduced by `cargo xtask bench{}` on Linux {} with {cpus} CPUs. \
              Every number below was measured in the same run, contenders alternating \
-             (A B C D E, {} rounds of {:.1} s, {} client threads), medians reported. The \
-             machine is shared and noisy: read ratios, not absolute rates.\n",
+             (A B C D E, {} rounds of {:.1} s, {} client threads), medians reported; a ratio to \
+             direct is the median of the per-round ratios. The machine is shared and noisy: \
+             read ratios, not absolute rates.\n",
             if self.quick { " --quick" } else { "" },
             kernel.trim(),
             self.rounds,
@@ -468,10 +485,11 @@ mod tests {
         for rate in [1000.0, 900.0, 5000.0] {
             r.add_sample(1, Contender::Direct, sample(rate));
         }
-        for rate in [950.0, 10.0, 900.0] {
+        for rate in [950.0, 10.0, 4500.0] {
             r.add_sample(1, Contender::Weft, sample(rate));
         }
         assert_eq!(r.summary(1, Contender::Direct).unwrap().per_second, 1000.0);
+        // Per round: 0.95, 0.011, 0.9 → median 0.9 (medians of the rates would say 0.95).
         assert_eq!(r.ratio(1, Contender::Weft), Some(0.9));
         assert!(r.problems().iter().any(|p| p.contains("iptables at 1")));
         assert!(r.problems().iter().any(|p| p.contains("statistics on/off")));
