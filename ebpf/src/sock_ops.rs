@@ -57,17 +57,7 @@ pub fn handle(ctx: &SockOpsContext) -> u32 {
 /// moves data), and open its live record.
 #[inline(always)]
 fn on_connect(ctx: &SockOpsContext) {
-    // SAFETY: plain helper calls valid for sock_ops programs.
-    let (cookie, now) = unsafe { (bpf_get_socket_cookie(ctx.as_ptr()), bpf_ktime_get_boot_ns()) };
-    let mut record = ConnRecord {
-        cookie,
-        start_ns: now,
-        ..ConnRecord::default()
-    };
-    fill_addresses(ctx, &mut record);
-    // Only sockets whose connect the socket programs translated (they left this entry).
-    // SAFETY: LRU element copied immediately.
-    let Some(translation) = (unsafe { REVNAT.get(&revnat_key(&record)) }).copied() else {
+    let Some(mut record) = translated(ctx) else {
         return;
     };
     if connection_stats_off() {
@@ -76,11 +66,29 @@ fn on_connect(ctx: &SockOpsContext) {
         let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | STATE_CB_FLAG);
         return;
     }
-    record.service_id = translation.service_id;
-    record.backend_id = translation.backend_id;
     let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | STATE_CB_FLAG | RTT_CB_FLAG);
     refresh(ctx, &mut record);
-    let _ = CONNS.insert(&cookie, &record, 0);
+    let _ = CONNS.insert(&record.cookie, &record, 0);
+}
+
+/// A fresh record of this socket (addresses, service, endpoint, times set to now) if the
+/// socket programs translated its connect: they left a reverse-NAT entry for it.
+#[inline(always)]
+fn translated(ctx: &SockOpsContext) -> Option<ConnRecord> {
+    // SAFETY: plain helper calls valid for sock_ops programs.
+    let (cookie, now) = unsafe { (bpf_get_socket_cookie(ctx.as_ptr()), bpf_ktime_get_boot_ns()) };
+    let mut record = ConnRecord {
+        cookie,
+        start_ns: now,
+        update_ns: now,
+        ..ConnRecord::default()
+    };
+    fill_addresses(ctx, &mut record);
+    // SAFETY: LRU element copied immediately.
+    let translation = (unsafe { REVNAT.get(&revnat_key(&record)) }).copied()?;
+    record.service_id = translation.service_id;
+    record.backend_id = translation.backend_id;
+    Some(record)
 }
 
 #[inline(always)]
@@ -137,27 +145,14 @@ fn on_state(ctx: &SockOpsContext, old: u32, new: u32) {
 /// failed connect with what the reverse-NAT entry knows, and drop that entry.
 #[inline(always)]
 fn close_untracked(ctx: &SockOpsContext, old: u32) {
-    let mut record = ConnRecord {
-        // SAFETY: plain helper call valid for sock_ops programs.
-        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-        ..ConnRecord::default()
-    };
-    fill_addresses(ctx, &mut record);
-    let revnat = revnat_key(&record);
-    // SAFETY: LRU element copied immediately.
-    let Some(translation) = (unsafe { REVNAT.get(&revnat) }).copied() else {
+    let Some(mut record) = translated(ctx) else {
         return;
     };
     if old == TCP_SYN_SENT {
-        record.service_id = translation.service_id;
-        record.backend_id = translation.backend_id;
         record.state = TCP_CLOSE as u8;
-        // SAFETY: plain helper call.
-        record.update_ns = unsafe { bpf_ktime_get_boot_ns() };
-        record.start_ns = record.update_ns;
         emit(&record, event::CONNECT_FAILED);
     }
-    let _ = REVNAT.remove(&revnat);
+    let _ = REVNAT.remove(&revnat_key(&record));
 }
 
 #[inline(always)]

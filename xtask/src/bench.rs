@@ -18,6 +18,11 @@ pub struct Options {
 
 pub fn run(opts: &Options) -> Result<()> {
     let built = build::run(&build::Options { release: true })?;
+    run_built(&built, opts)
+}
+
+/// Runs the bench on an agent `cargo xtask test` or `run` already built.
+pub fn run_built(built: &build::Built, opts: &Options) -> Result<()> {
     for (binary, package) in [
         ("iptables-restore", "iptables"),
         ("nft", "nftables"),

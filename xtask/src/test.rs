@@ -53,7 +53,7 @@ pub fn run(opts: &Options) -> Result<()> {
     util::run(&mut e2e)?;
     if opts.filter.is_none() {
         // Every contender of `cargo xtask bench` must still produce numbers (about 1 min).
-        bench::run(&bench::Options { quick: true })?;
+        bench::run_built(&built, &bench::Options { quick: true })?;
     }
     Ok(())
 }

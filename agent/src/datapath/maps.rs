@@ -69,12 +69,8 @@ impl Maps {
         })
     }
 
-    /// Sets the kernel programs' switches (`weft_common::settings` bits); a no-op write when
-    /// they already hold these bits.
+    /// Sets the kernel programs' switches (`weft_common::settings` bits).
     pub fn write_settings(&mut self, bits: u32) -> Result<(), DatapathError> {
-        if self.settings.get(&0, 0).ok() == Some(bits) {
-            return Ok(());
-        }
         self.settings
             .set(0, &bits, 0)
             .map_err(map_error(names::SETTINGS))

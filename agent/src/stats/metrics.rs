@@ -266,20 +266,22 @@ impl Metrics {
         self.received
             .get_or_create(labels)
             .inc_by(closed.iter().map(|r| record::bytes_received(r)).sum());
-        let durations: Vec<f64> = closed.iter().map(|r| record::duration_s(r)).collect();
-        let srtts: Vec<f64> = closed.iter().map(|r| f64::from(r.srtt_us) / 1e6).collect();
-        let duration = self.duration.get_or_create(labels);
-        durations.iter().for_each(|&d| duration.observe(d));
-        drop(duration);
-        let srtt = self.srtt.get_or_create(labels);
-        srtts.iter().for_each(|&s| srtt.observe(s));
-        drop(srtt);
-        self.duration_sum
-            .get_or_create(labels)
-            .inc_by(durations.iter().sum());
-        self.srtt_sum
-            .get_or_create(labels)
-            .inc_by(srtts.iter().sum());
+        let (mut duration_sum, mut srtt_sum) = (0.0, 0.0);
+        {
+            let (duration, srtt) = (
+                self.duration.get_or_create(labels),
+                self.srtt.get_or_create(labels),
+            );
+            for r in &closed {
+                let (d, s) = (record::duration_s(r), f64::from(r.srtt_us) / 1e6);
+                duration.observe(d);
+                srtt.observe(s);
+                duration_sum += d;
+                srtt_sum += s;
+            }
+        }
+        self.duration_sum.get_or_create(labels).inc_by(duration_sum);
+        self.srtt_sum.get_or_create(labels).inc_by(srtt_sum);
     }
 
     /// Health and weight of one configured endpoint. The state is one series per endpoint,

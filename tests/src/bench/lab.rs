@@ -229,13 +229,10 @@ impl Lab {
     /// Installs `scale` services (10 endpoints each, but the measured one) everywhere.
     pub fn install(&mut self, scale: usize) -> Install {
         self.services = services(scale);
-        let s = &self.services;
-        let agent = self.weft.agent_mut();
-        let mark = agent.log_mark();
         let started = Instant::now();
-        agent.write_config(&s.weft_yaml([10, 96], &[]));
-        let line = agent.wait_for_log(mark, "config applied", Duration::from_secs(120));
+        let line = self.apply_weft_config(&self.services.weft_yaml([10, 96], &[]));
         let weft = started.elapsed();
+        let s = &self.services;
         let weft_apply_ms = serde_json::from_str::<serde_json::Value>(&line)
             .ok()
             .and_then(|v| v["elapsed_ms"].as_f64())
@@ -344,11 +341,12 @@ impl Lab {
         (with_stats, without)
     }
 
-    fn apply_weft_config(&mut self, config: &str) {
+    /// Writes the agent's config and waits for its "config applied" line, which it returns.
+    fn apply_weft_config(&mut self, config: &str) -> String {
         let agent = self.weft.agent_mut();
         let mark = agent.log_mark();
         agent.write_config(config);
-        agent.wait_for_log(mark, "config applied", Duration::from_secs(120));
+        agent.wait_for_log(mark, "config applied", Duration::from_secs(120))
     }
 
     /// One service with two endpoints, the second killed under load: weft with active
@@ -373,12 +371,9 @@ impl Lab {
             ),
             ("weft, passive detection only (3 failed connects)", PASSIVE),
         ] {
-            let yaml = self
-                .services
-                .weft_yaml([10, 96], &[])
-                .replace("    health: { kind: none }\n", detection);
+            let yaml = self.services.weft_yaml_detecting([10, 96], &[], detection);
             results.push(self.kill_under_load(Contender::Weft, setup, timing, |lab| {
-                lab.apply_weft_config(&yaml)
+                lab.apply_weft_config(&yaml);
             }));
         }
         let rules = self.services.iptables_restore([10, 97]);

@@ -44,6 +44,17 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// The median of round-by-round rate ratios `a[i] / b[i]`: rounds ran back to back, so
+/// drift between rounds cancels out.
+fn paired_ratio(a: &[Sample], b: &[Sample]) -> Option<f64> {
+    let ratios: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(a, b)| a.per_second / b.per_second)
+        .collect();
+    (!ratios.is_empty()).then(|| median(ratios))
+}
+
 fn summarize(samples: &[Sample]) -> Option<Summary> {
     if samples.is_empty() {
         return None;
@@ -89,31 +100,18 @@ impl Report {
 
     /// Connection rate with per-connection statistics over the rate without.
     pub fn stats_ratio(&self) -> Option<(Summary, Summary, f64)> {
-        let on = summarize(&self.stats_on_off.0)?;
-        let off = summarize(&self.stats_on_off.1)?;
-        // Paired like the contenders: each round with statistics against the one without.
-        let ratios = self
-            .stats_on_off
-            .0
-            .iter()
-            .zip(&self.stats_on_off.1)
-            .map(|(on, off)| on.per_second / off.per_second)
-            .collect();
-        Some((on, off, median(ratios)))
+        let (on, off) = &self.stats_on_off;
+        Some((summarize(on)?, summarize(off)?, paired_ratio(on, off)?))
     }
 
     /// Contender rate over direct's at the same scale: the median of the per-round ratios,
     /// each round's contender against the direct run just before it, so drift between
     /// rounds on this shared machine cancels out.
     pub fn ratio(&self, scale: usize, contender: Contender) -> Option<f64> {
-        let direct = self.samples.get(&(scale, Contender::Direct))?;
-        let mine = self.samples.get(&(scale, contender))?;
-        let ratios: Vec<f64> = direct
-            .iter()
-            .zip(mine)
-            .map(|(d, c)| c.per_second / d.per_second)
-            .collect();
-        (!ratios.is_empty()).then(|| median(ratios))
+        paired_ratio(
+            self.samples.get(&(scale, contender))?,
+            self.samples.get(&(scale, Contender::Direct))?,
+        )
     }
 
     /// Problems that make the run unusable: a contender without numbers, or failures.

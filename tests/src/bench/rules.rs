@@ -37,11 +37,16 @@ impl Services {
 
     /// weft's config; `weights` overrides the measured service's endpoint weights.
     pub fn weft_yaml(&self, base: [u8; 2], weights: &[u16]) -> String {
+        self.weft_yaml_detecting(base, weights, "    health: { kind: none }\n")
+    }
+
+    /// weft's config with `detection` (the services' `health:`/`outlier:` lines).
+    pub fn weft_yaml_detecting(&self, base: [u8; 2], weights: &[u16], detection: &str) -> String {
         let mut out = String::from("services:\n");
         for i in 0..self.count {
             let _ = write!(
                 out,
-                "  - name: s{i}\n    address: {}\n    port: 80\n    health: {{ kind: none }}\n    endpoints:\n",
+                "  - name: s{i}\n    address: {}\n    port: 80\n{detection}    endpoints:\n",
                 Self::address(base, i)
             );
             for (e, (addr, port)) in self.endpoints(i).iter().enumerate() {
