@@ -104,17 +104,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Agent(args) => {
             logging::init(args.log_format);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            runtime.block_on(daemon::run(daemon::Options {
+            daemon::run(daemon::Options {
                 config: args.config,
                 cgroup: args.cgroup,
                 bpffs_dir: args.bpffs_dir,
                 admin_socket: args.admin_socket,
                 metrics_addr: args.metrics_addr,
-            }))?;
+            })?;
             Ok(())
         }
         Command::Reset { bpffs_dir } => {

@@ -22,6 +22,13 @@ pub mod maps {
     pub const CONNS: &str = "WEFT_CONNS_V1";
     pub const LOST: &str = "WEFT_LOST_V1";
     pub const SETTINGS: &str = "WEFT_SETTINGS_V1";
+    pub const SOCK_NAT: &str = "WEFT_SOCKNAT_V1";
+    pub const COUNTERS: &str = "WEFT_COUNTERS_V1";
+
+    /// Every map weft pins.
+    pub const ALL: [&str; 10] = [
+        SERVICES, BACKENDS, MAGLEV, REVNAT, EVENTS, CONNS, LOST, SETTINGS, SOCK_NAT, COUNTERS,
+    ];
 
     /// Services (address, port, protocol) the kernel translates.
     pub const SERVICES_CAPACITY: u32 = 65_536;
@@ -36,6 +43,19 @@ pub mod maps {
     pub const EVENTS_BYTES: u32 = 1 << 20;
     /// Live translated TCP connections the kernel follows (LRU: the oldest go first).
     pub const CONNS_CAPACITY: u32 = 131_072;
+}
+
+/// Indexes of `WEFT_COUNTERS_V1`, a per-CPU array of `u64` event counts the kernel keeps
+/// and the agent sums.
+pub mod counter {
+    /// Reverse-NAT entries the LRU evicted while their socket was still open (counted when
+    /// the socket closes and finds its entry gone).
+    pub const REVNAT_EVICTED: u32 = 0;
+    /// Replies and getpeername calls translated back from the socket's own record because
+    /// its reverse-NAT entry had been evicted.
+    pub const REVNAT_RECOVERED: u32 = 1;
+    /// Slots of the array (room to grow without a new layout).
+    pub const SLOTS: u32 = 16;
 }
 
 /// Bits of the one `u32` in `WEFT_SETTINGS_V1`, written by the agent from its config. Zero
@@ -146,6 +166,35 @@ pub struct RevNatValue {
     pub backend_id: u32,
 }
 
+/// Distinct endpoints a socket that is not TCP remembers in its own storage
+/// (`WEFT_SOCKNAT_V1`): an unconnected UDP socket may talk to several services.
+pub const SOCK_NAT_SLOTS: usize = 4;
+
+/// One translation a socket made: the endpoint it was sent to and the service it meant.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockNatEntry {
+    pub endpoint: Addr,
+    /// Network byte order.
+    pub endpoint_port: u16,
+    pub family: u8,
+    pub _pad: u8,
+    pub service: RevNatValue,
+}
+
+/// Value of `WEFT_SOCKNAT_V1`, socket-local storage the kernel frees with the socket: the
+/// reverse-NAT keys this socket created, so its release removes exactly those (an entry then
+/// lives as long as its socket), and a copy of each translation, so a reply still shows the
+/// service address if the shared map had to evict the entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockNat {
+    /// Entries written so far; past `SOCK_NAT_SLOTS` the oldest slot is reused.
+    pub written: u32,
+    pub _pad: u32,
+    pub entries: [SockNatEntry; SOCK_NAT_SLOTS],
+}
+
 /// What happened to a translated TCP connection (`ConnRecord::kind` of an event).
 pub mod event {
     /// The handshake completed.
@@ -219,4 +268,5 @@ mod pod {
     unsafe impl aya::Pod for RevNatKey {}
     unsafe impl aya::Pod for RevNatValue {}
     unsafe impl aya::Pod for ConnRecord {}
+    unsafe impl aya::Pod for SockNat {}
 }

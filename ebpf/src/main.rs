@@ -7,11 +7,12 @@ mod maps;
 mod reverse;
 mod select;
 mod sock_addr;
+mod sock_nat;
 mod sock_ops;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, sock_ops},
-    programs::{SockAddrContext, SockOpsContext},
+    macros::{cgroup_sock, cgroup_sock_addr, sock_ops},
+    programs::{SockAddrContext, SockContext, SockOpsContext},
 };
 
 // Function names differ from their section names on purpose: bpf-linker mis-links a
@@ -55,6 +56,13 @@ pub fn weft_getpeer4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn weft_getpeer6(ctx: SockAddrContext) -> i32 {
     reverse::translate_back(&ctx, addr::Family::V6)
+}
+
+#[cgroup_sock(sock_release)]
+pub fn weft_sock_release(ctx: SockContext) -> i32 {
+    sock_nat::forget(&ctx);
+    // A release cannot be refused; 1 is the only valid verdict.
+    1
 }
 
 #[sock_ops]

@@ -1,12 +1,13 @@
 //! The maps the kernel programs share with the agent. Layouts live in `weft-common`.
 
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use weft_common::{
     BPF_F_NO_PREALLOC, Backend, ConnRecord, MaglevChunk, MaglevKey, RevNatKey, RevNatValue,
-    ServiceKey, ServiceValue, maps,
+    ServiceKey, ServiceValue, SockNat, counter, maps,
 };
 
 #[map(name = "WEFT_SERVICE_V1")]
@@ -38,3 +39,21 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 /// Agent-written switches (`weft_common::settings`), one `u32`.
 #[map(name = "WEFT_SETTINGS_V1")]
 pub static SETTINGS: Array<u32> = Array::pinned(1, 0);
+
+/// Per-socket record of the translations a socket that is not TCP made (freed by the kernel
+/// with the socket). A BTF map: socket storage needs the key and value types described.
+#[btf_map(name = "WEFT_SOCKNAT_V1", pin_by_name)]
+pub static SOCK_NAT: SkStorage<SockNat> = SkStorage::new();
+
+/// Event counts (`weft_common::counter` indexes), per CPU; the agent reports the sums.
+#[map(name = "WEFT_COUNTERS_V1")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::SLOTS, 0);
+
+/// Adds one to a counter of this CPU.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: this CPU's slot of a per-CPU array; nothing else runs on it meanwhile.
+        unsafe { *slot += 1 };
+    }
+}

@@ -4,11 +4,12 @@
 use aya_ebpf::{
     EbpfContext as _, helpers::generated::bpf_get_socket_cookie, programs::SockAddrContext,
 };
-use weft_common::RevNatKey;
+use weft_common::{RevNatKey, counter};
 
 use crate::{
     addr::{self, Family},
-    maps::REVNAT,
+    maps::{REVNAT, count},
+    sock_nat,
 };
 
 /// recvmsg and getpeername programs must return 1 (they cannot reject).
@@ -23,6 +24,9 @@ pub fn translate_back(ctx: &SockAddrContext, family: Family) -> i32 {
     // SAFETY: LRU element copied immediately.
     if let Some(service) = unsafe { REVNAT.get(&key) } {
         let service = *service;
+        addr::write(ctx, family, &service.addr, service.port);
+    } else if let Some(service) = sock_nat::recall(ctx, &peer, port, family.tag()) {
+        count(counter::REVNAT_RECOVERED);
         addr::write(ctx, family, &service.addr, service.port);
     }
     DONE

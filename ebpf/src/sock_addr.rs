@@ -11,6 +11,7 @@ use crate::{
     addr::{self, Family},
     maps::REVNAT,
     select::{self, Choice},
+    sock_nat,
 };
 
 const ALLOW: i32 = 1;
@@ -71,7 +72,18 @@ pub fn forward(ctx: &SockAddrContext, family: Family) -> i32 {
                 service: dst,
                 service_port: port,
             };
-            remember_service(&peer, service_id, backend_id);
+            let translation = RevNatValue {
+                addr: peer.service,
+                port: peer.service_port,
+                _pad: 0,
+                service_id,
+                backend_id,
+            };
+            if remember_service(&peer, &translation) && protocol != PROTO_TCP as u32 {
+                // TCP entries leave with the connection (sock_ops, at close); other sockets
+                // have no close to follow, so they note theirs for their release.
+                sock_nat::remember(ctx, &peer, &translation);
+            }
             addr::write(ctx, family, &endpoint, backend.port);
             ALLOW
         }
@@ -79,38 +91,34 @@ pub fn forward(ctx: &SockAddrContext, family: Family) -> i32 {
 }
 
 /// A translated destination, in the socket's own address family.
-struct Peer {
-    cookie: u64,
-    family: Family,
-    endpoint: Addr,
-    endpoint_port: u16,
-    service: Addr,
-    service_port: u16,
+pub struct Peer {
+    pub cookie: u64,
+    pub family: Family,
+    pub endpoint: Addr,
+    pub endpoint_port: u16,
+    pub service: Addr,
+    pub service_port: u16,
 }
 
 /// Records which service address this socket meant, so replies and getpeername can show it.
+/// True if the entry was new or changed.
 #[inline(always)]
-fn remember_service(peer: &Peer, service_id: u32, backend_id: u32) {
+fn remember_service(peer: &Peer, translation: &RevNatValue) -> bool {
     let key = RevNatKey::new(
         peer.cookie,
         peer.endpoint,
         peer.endpoint_port,
         peer.family.tag(),
     );
-    let value = RevNatValue {
-        addr: peer.service,
-        port: peer.service_port,
-        _pad: 0,
-        service_id,
-        backend_id,
-    };
     // A UDP socket sends many datagrams: skip the write when nothing changed.
     if let Some(existing) = REVNAT.get_ptr(&key) {
         // SAFETY: pointer into an LRU element, read once; a stale read only costs a rewrite.
-        if unsafe { *existing } == value {
-            return;
+        if unsafe { *existing } == *translation {
+            return false;
         }
     }
-    // A full LRU evicts its oldest entry; failure here only loses the reverse mapping.
-    let _ = REVNAT.insert(&key, &value, 0);
+    // A full LRU evicts its least recently used entry; failure here only loses the reverse
+    // mapping (the socket's own record still has it, if it keeps one).
+    let _ = REVNAT.insert(&key, translation, 0);
+    true
 }

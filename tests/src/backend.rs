@@ -42,6 +42,8 @@ impl Backends {
             netns,
             move || {
                 let socket = UdpSocket::bind(addr).expect("backend bind");
+                // Bursts of tens of thousands of queries must queue, not drop.
+                force_receive_buffer(&socket, 64 << 20);
                 socket
                     .set_read_timeout(Some(Duration::from_millis(50)))
                     .expect("timeout");
@@ -94,6 +96,22 @@ impl Backends {
         self.running.push(server);
         self.running.len() - 1
     }
+}
+
+/// SO_RCVBUFFORCE: beyond net.core.rmem_max, which root may do.
+fn force_receive_buffer(socket: &UdpSocket, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setsockopt reads one c_int we own, on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const bytes).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
 }
 
 fn parse(addr: &str) -> SocketAddr {

@@ -9,7 +9,7 @@ const BPF_MAP_GET_FD_BY_ID: i64 = 14;
 const BPF_LINK_GET_FD_BY_ID: i64 = 30;
 
 /// The socket hooks weft attaches to, as bpf_attach_type numbers with their names.
-pub const SOCKET_HOOKS: [(u32, &str); 9] = [
+pub const SOCKET_HOOKS: [(u32, &str); 10] = [
     (3, "sock_ops"),
     (10, "connect4"),
     (11, "connect6"),
@@ -19,6 +19,7 @@ pub const SOCKET_HOOKS: [(u32, &str); 9] = [
     (20, "recvmsg6"),
     (29, "getpeername4"),
     (30, "getpeername6"),
+    (34, "sock_release"),
 ];
 
 fn bpf(cmd: i64, attr: &mut [u64; 16]) -> i64 {

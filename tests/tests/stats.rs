@@ -484,7 +484,7 @@ fn every_json_output_parses_and_follow_prints_one_event_per_line() {
 
     let status = agent.cli_json(&["status"]);
     assert_eq!(status["ready"], true);
-    assert_eq!(status["programs"].as_array().unwrap().len(), 9);
+    assert_eq!(status["programs"].as_array().unwrap().len(), 10);
     assert!(status["maps"].as_array().unwrap().len() >= 6);
     assert_eq!(agent.cli_json(&["endpoints"]).as_array().unwrap().len(), 2);
     assert_eq!(agent.cli_json(&["stats"])["services"][0]["service"], "web");

@@ -46,9 +46,9 @@ pub async fn serve(path: PathBuf, shared: Arc<Shared>) -> Result<(), ApiError> {
 }
 
 async fn bind(path: &Path) -> Result<UnixListener, ApiError> {
-    let error = |source| ApiError::Admin {
+    let error = |error| ApiError::Admin {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(error)?;
@@ -72,7 +72,7 @@ pub fn unbind(path: &Path) {
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    Json(shared.status())
+    Json(shared.status().await)
 }
 
 async fn services(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -83,7 +83,7 @@ async fn endpoints(
     State(shared): State<Arc<Shared>>,
     Query(filter): Query<ServiceFilter>,
 ) -> Response {
-    match shared.endpoints(filter.service.as_deref()) {
+    match shared.endpoints(filter.service.as_deref()).await {
         Some(rows) => Json(rows).into_response(),
         None => not_found(filter.service),
     }
@@ -93,7 +93,7 @@ async fn conns(State(shared): State<Arc<Shared>>, Query(filter): Query<ServiceFi
     if !shared.knows(filter.service.as_deref()) {
         return not_found(filter.service);
     }
-    Json(shared.connections(filter.service.as_deref())).into_response()
+    Json(shared.connections(filter.service).await).into_response()
 }
 
 /// One JSON object per line per connection event, for as long as the client listens.
@@ -138,7 +138,7 @@ async fn follow(
 }
 
 async fn stats(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    Json(shared.stats())
+    Json(shared.stats().await)
 }
 
 fn not_found(service: Option<String>) -> Response {

@@ -19,7 +19,7 @@ use crate::stats::classic_text;
 pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> Result<(), ApiError> {
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| ApiError::Metrics { addr, source })?;
+        .map_err(|error| ApiError::Metrics { addr, error })?;
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -41,20 +41,14 @@ async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl 
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
-    // Walking the kernel's tables is blocking syscalls; keep it off the async workers.
-    let body = tokio::task::spawn_blocking(move || {
-        shared.refresh_gauges();
-        shared.metrics.encode()
-    })
-    .await
-    .unwrap_or_default();
+    let body = shared.exposition().await;
     if openmetrics {
         (
             [(
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
-            body,
+            body.as_str().to_owned(),
         )
     } else {
         (
@@ -67,14 +61,13 @@ async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl 
     }
 }
 
-/// Ready once the first config is applied: from then on the kernel serves it.
+/// Ready once the first config is applied and while the datapath serving it is in place.
 async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    if shared.snapshot().generation > 0 {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
+    match shared.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no config applied yet\n",
-        )
+            format!("not ready: {why}\n"),
+        ),
     }
 }

@@ -9,19 +9,19 @@ pub mod view;
 
 use std::{net::SocketAddr, path::PathBuf};
 
-pub use shared::{Resolved, Shared, labels};
+pub use shared::{DatapathHealth, KernelSample, Resolved, Shared, labels};
 pub use snapshot::{InstalledCounts, Snapshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("admin socket {}: {source}", path.display())]
+    #[error("admin socket {}: {error}", path.display())]
     Admin {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("metrics address {addr}: {source}")]
+    #[error("metrics address {addr}: {error}")]
     Metrics {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }

@@ -1,28 +1,39 @@
 //! What the daemon publishes and the admin API and metrics listener read: a snapshot of the
-//! applied state (replaced whole after every apply), the metrics, the kernel's live tables
-//! and a broadcast of connection events for `weft conns --follow`.
+//! applied state (replaced whole after every apply), the metrics, a sample of the kernel's
+//! live tables and a broadcast of connection events for `weft conns --follow`.
+//!
+//! Reading must cost the control loop nothing: requests never take a lock the control loop
+//! waits on for long, and never walk a kernel map themselves. Kernel tables are sampled at
+//! most once a second however many requests arrive (they share one walk), on a blocking
+//! thread; `/metrics` serves an exposition at most a second old, encoded once for everyone.
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{Arc, RwLock},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
-use tokio::sync::broadcast;
+use tokio::sync::{Mutex, Semaphore, broadcast};
 use weft_common::{ConnRecord, conn_flags, event, maps as names};
 
 use super::{
     Snapshot,
     view::{
-        ConnEventView, ConnStats, ConnView, EndpointRow, MapView, ServiceStats, StatsView,
-        StatusView,
+        ConnEventView, ConnStats, ConnView, DatapathView, EndpointRow, MapView, ServiceStats,
+        StatsView, StatusView,
     },
 };
 use crate::{
-    datapath::Observer,
+    datapath::{KernelCounters, Observer},
     stats::{EndpointLabels, Metrics, record},
 };
+
+/// How old a kernel sample or a metrics exposition may be when a request is answered.
+const FRESH: Duration = Duration::from_secs(1);
+
+/// Kernel table walks (`weft conns`) that may run at once; more requests wait their turn.
+const CONCURRENT_WALKS: usize = 2;
 
 /// A kernel event resolved to the config: what health and statistics need.
 pub struct Resolved {
@@ -31,23 +42,57 @@ pub struct Resolved {
     pub kind: u8,
 }
 
+/// The kernel-written tables, counted at one instant.
+#[derive(Debug, Default)]
+pub struct KernelSample {
+    pub revnat_entries: u64,
+    pub conns_entries: u64,
+    pub events_lost: u64,
+    pub counters: KernelCounters,
+    /// Established translated connections per endpoint.
+    pub open: HashMap<EndpointLabels, u64>,
+}
+
+/// Whether the datapath the daemon installed is in place.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum DatapathHealth {
+    #[default]
+    Installed,
+    /// Its pins are gone (`weft reset` under a running agent) and it is not back yet.
+    Missing(String),
+}
+
 pub struct Shared {
     snapshot: RwLock<Arc<Snapshot>>,
     pub metrics: Metrics,
-    observer: Observer,
+    observer: RwLock<Option<Arc<Observer>>>,
+    datapath: RwLock<DatapathHealth>,
     events: broadcast::Sender<ConnEventView>,
     started: Instant,
+    sample: Mutex<Option<(Instant, Arc<KernelSample>)>>,
+    exposition: Mutex<Option<(Instant, Arc<String>)>>,
+    walks: Semaphore,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared::new()
+    }
 }
 
 impl Shared {
-    pub fn new(observer: Observer) -> Shared {
+    pub fn new() -> Shared {
         Shared {
             snapshot: RwLock::default(),
             metrics: Metrics::new(),
-            observer,
+            observer: RwLock::default(),
+            datapath: RwLock::default(),
             // Followers that fall this far behind skip ahead (and are told in the agent log).
             events: broadcast::channel(4096).0,
             started: Instant::now(),
+            sample: Mutex::default(),
+            exposition: Mutex::default(),
+            walks: Semaphore::new(CONCURRENT_WALKS),
         }
     }
 
@@ -56,6 +101,41 @@ impl Shared {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The kernel tables of a newly opened datapath (at start, and after a reinstall).
+    pub fn set_observer(&self, observer: Observer) {
+        *self.observer.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(observer));
+    }
+
+    fn observer(&self) -> Option<Arc<Observer>> {
+        self.observer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_datapath(&self, health: DatapathHealth) {
+        *self.datapath.write().unwrap_or_else(|p| p.into_inner()) = health;
+    }
+
+    pub fn datapath(&self) -> DatapathHealth {
+        self.datapath
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Ready: a config is applied and the datapath that serves it is in place. Otherwise the
+    /// reason, for `/readyz`.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.snapshot().generation == 0 {
+            return Err("no config applied yet".into());
+        }
+        match self.datapath() {
+            DatapathHealth::Installed => Ok(()),
+            DatapathHealth::Missing(why) => Err(format!("datapath missing: {why}")),
+        }
     }
 
     /// Replaces the snapshot and brings the health metrics in line with it, touching only
@@ -135,39 +215,82 @@ impl Shared {
         self.events.subscribe()
     }
 
-    /// Live translated connections, optionally of one service.
-    pub fn connections(&self, service: Option<&str>) -> Vec<ConnView> {
-        let snapshot = self.snapshot();
-        let now = record::boottime_ns();
-        let mut conns: Vec<ConnView> = self
-            .observer
-            .connections()
-            .iter()
-            .filter_map(|r| {
-                let (index, endpoint) = snapshot.resolver.resolve(r.service_id, r.backend_id)?;
-                let name = &snapshot.services[index].name;
-                (service.is_none_or(|s| s == name)).then(|| conn_view(name, endpoint, r, now))
-            })
-            .collect();
-        conns.sort_by(|a, b| (&a.service, a.src).cmp(&(&b.service, b.src)));
-        conns
+    /// The kernel tables as of at most `FRESH` ago. Concurrent callers share one walk, which
+    /// runs on a blocking thread.
+    pub async fn sample(&self) -> Arc<KernelSample> {
+        let mut cached = self.sample.lock().await;
+        if let Some((taken, sample)) = cached.as_ref()
+            && taken.elapsed() < FRESH
+        {
+            return Arc::clone(sample);
+        }
+        let (observer, snapshot) = (self.observer(), self.snapshot());
+        let sample = tokio::task::spawn_blocking(move || take_sample(observer, &snapshot))
+            .await
+            .unwrap_or_default();
+        let sample = Arc::new(sample);
+        *cached = Some((Instant::now(), Arc::clone(&sample)));
+        sample
     }
 
-    /// Established connections per endpoint, from the kernel's table.
-    fn open_per_endpoint(&self) -> HashMap<EndpointLabels, u64> {
-        let snapshot = self.snapshot();
-        let mut open = HashMap::new();
-        for r in self.observer.connections() {
-            if r.flags & conn_flags::ESTABLISHED == 0 {
-                continue;
-            }
-            if let Some((index, endpoint)) = snapshot.resolver.resolve(r.service_id, r.backend_id) {
-                *open
-                    .entry(labels(&snapshot.services[index].name, endpoint))
-                    .or_default() += 1;
+    /// The metrics exposition (OpenMetrics text) as of at most `FRESH` ago, with the gauges
+    /// read from the kernel brought up to date first.
+    pub async fn exposition(self: &Arc<Self>) -> Arc<String> {
+        let mut cached = self.exposition.lock().await;
+        if let Some((taken, text)) = cached.as_ref()
+            && taken.elapsed() < FRESH
+        {
+            return Arc::clone(text);
+        }
+        let sample = self.sample().await;
+        let shared = Arc::clone(self);
+        let text = tokio::task::spawn_blocking(move || {
+            shared.set_kernel_gauges(&sample);
+            shared.metrics.encode()
+        })
+        .await
+        .unwrap_or_default();
+        let text = Arc::new(text);
+        *cached = Some((Instant::now(), Arc::clone(&text)));
+        text
+    }
+
+    fn set_kernel_gauges(&self, sample: &KernelSample) {
+        self.metrics.set_open(&sample.open);
+        self.metrics.set_events_lost(sample.events_lost);
+        self.metrics.set_kernel_counters(&sample.counters);
+        for map in self.maps(sample) {
+            if let Some(entries) = map.entries {
+                self.metrics.set_map(&map.name, entries, map.capacity);
             }
         }
-        open
+    }
+
+    /// Live translated connections, optionally of one service: a walk of the kernel's table,
+    /// at most `CONCURRENT_WALKS` at a time.
+    pub async fn connections(&self, service: Option<String>) -> Vec<ConnView> {
+        let Ok(_turn) = self.walks.acquire().await else {
+            return Vec::new();
+        };
+        let (observer, snapshot) = (self.observer(), self.snapshot());
+        tokio::task::spawn_blocking(move || {
+            let now = record::boottime_ns();
+            let records = observer.map(|o| o.connections()).unwrap_or_default();
+            let mut conns: Vec<ConnView> = records
+                .iter()
+                .filter_map(|r| {
+                    let (index, endpoint) =
+                        snapshot.resolver.resolve(r.service_id, r.backend_id)?;
+                    let name = &snapshot.services[index].name;
+                    (service.as_deref().is_none_or(|s| s == name))
+                        .then(|| conn_view(name, endpoint, r, now))
+                })
+                .collect();
+            conns.sort_by(|a, b| (&a.service, a.src).cmp(&(&b.service, b.src)));
+            conns
+        })
+        .await
+        .unwrap_or_default()
     }
 
     /// True without a name, or if the named service is configured.
@@ -175,23 +298,10 @@ impl Shared {
         service.is_none_or(|name| self.snapshot().services.iter().any(|s| s.name == name))
     }
 
-    /// Brings the gauges that are read from the kernel up to date (before a scrape).
-    pub fn refresh_gauges(&self) {
-        self.metrics.set_open(&self.open_per_endpoint());
-        self.metrics.set_events_lost(self.observer.events_lost());
-        for map in self.maps() {
-            if let Some(entries) = map.entries {
-                self.metrics.set_map(&map.name, entries, map.capacity);
-            }
-        }
-    }
-
-    fn maps(&self) -> Vec<MapView> {
+    fn maps(&self, sample: &KernelSample) -> Vec<MapView> {
         use std::mem::size_of;
         use weft_common::*;
         let installed = self.snapshot().installed;
-        let conns = self.observer.connection_entries() as u64;
-        let revnat = self.observer.revnat_entries() as u64;
         let hash = |name: &str, entries, capacity, entry_bytes| MapView {
             name: name.to_string(),
             entries: Some(entries),
@@ -219,13 +329,13 @@ impl Shared {
             ),
             hash(
                 names::REVNAT,
-                revnat,
+                sample.revnat_entries,
                 maps::REVNAT_CAPACITY,
                 size_of::<RevNatKey>() + size_of::<RevNatValue>(),
             ),
             hash(
                 names::CONNS,
-                conns,
+                sample.conns_entries,
                 maps::CONNS_CAPACITY,
                 size_of::<u64>() + size_of::<ConnRecord>(),
             ),
@@ -238,24 +348,25 @@ impl Shared {
         ]
     }
 
-    pub fn status(&self) -> StatusView {
+    pub async fn status(&self) -> StatusView {
         let snapshot = self.snapshot();
-        let maps = self.maps();
-        let connections = maps
-            .iter()
-            .find(|m| m.name == names::CONNS)
-            .and_then(|m| m.entries)
-            .unwrap_or(0) as usize;
+        let sample = self.sample().await;
         StatusView {
             version: env!("CARGO_PKG_VERSION").to_string(),
             generation: snapshot.generation,
-            ready: snapshot.generation > 0,
+            ready: self.readiness().is_ok(),
+            datapath: match self.datapath() {
+                DatapathHealth::Installed => DatapathView::Installed,
+                DatapathHealth::Missing(why) => DatapathView::Missing(why),
+            },
             uptime_s: self.started.elapsed().as_secs(),
             programs: snapshot.programs.clone(),
-            maps,
+            maps: self.maps(&sample),
             services: snapshot.services.len(),
+            services_installed: snapshot.installed.services as usize,
+            not_installed: snapshot.not_installed.clone(),
             endpoints: snapshot.services.iter().map(|s| s.endpoints.len()).sum(),
-            connections,
+            connections: sample.conns_entries as usize,
             connection_stats: snapshot.connection_stats,
             panicking: snapshot
                 .services
@@ -263,7 +374,9 @@ impl Shared {
                 .filter(|s| s.panic)
                 .map(|s| s.name.clone())
                 .collect(),
-            events_lost: self.observer.events_lost(),
+            events_lost: sample.events_lost,
+            reverse_nat_evictions: sample.counters.revnat_evicted,
+            reverse_nat_recovered: sample.counters.revnat_recovered,
             config_reloads_ok: self.metrics.config_reloads(true),
             config_reloads_failed: self.metrics.config_reloads(false),
         }
@@ -271,12 +384,12 @@ impl Shared {
 
     /// Every configured endpoint of one service (or all), with its connection totals.
     /// None if the named service does not exist.
-    pub fn endpoints(&self, service: Option<&str>) -> Option<Vec<EndpointRow>> {
+    pub async fn endpoints(&self, service: Option<&str>) -> Option<Vec<EndpointRow>> {
         if !self.knows(service) {
             return None;
         }
         let snapshot = self.snapshot();
-        let open = self.open_per_endpoint();
+        let sample = self.sample().await;
         let rows = snapshot
             .services
             .iter()
@@ -286,7 +399,7 @@ impl Shared {
                     let l = labels(&s.name, SocketAddr::new(e.address, e.port));
                     let stats = self
                         .metrics
-                        .endpoint_stats(&l, open.get(&l).copied().unwrap_or(0));
+                        .endpoint_stats(&l, sample.open.get(&l).copied().unwrap_or(0));
                     EndpointRow {
                         service: s.name.clone(),
                         endpoint: e.clone(),
@@ -298,8 +411,8 @@ impl Shared {
         Some(rows)
     }
 
-    pub fn stats(&self) -> StatsView {
-        let rows = self.endpoints(None).unwrap_or_default();
+    pub async fn stats(&self) -> StatsView {
+        let rows = self.endpoints(None).await.unwrap_or_default();
         let mut services: Vec<ServiceStats> = Vec::new();
         for row in &rows {
             match services.last_mut() {
@@ -315,8 +428,34 @@ impl Shared {
         StatsView {
             total,
             services,
-            events_lost: self.observer.events_lost(),
+            events_lost: self.sample().await.events_lost,
         }
+    }
+}
+
+/// One walk of the kernel-written tables (blocking syscalls, one per entry).
+fn take_sample(observer: Option<Arc<Observer>>, snapshot: &Snapshot) -> KernelSample {
+    let Some(observer) = observer else {
+        return KernelSample::default();
+    };
+    let records = observer.connections();
+    let mut open = HashMap::new();
+    for r in &records {
+        if r.flags & conn_flags::ESTABLISHED == 0 {
+            continue;
+        }
+        if let Some((index, endpoint)) = snapshot.resolver.resolve(r.service_id, r.backend_id) {
+            *open
+                .entry(labels(&snapshot.services[index].name, endpoint))
+                .or_default() += 1;
+        }
+    }
+    KernelSample {
+        revnat_entries: observer.revnat_entries() as u64,
+        conns_entries: records.len() as u64,
+        events_lost: observer.events_lost(),
+        counters: observer.counters(),
+        open,
     }
 }
 

@@ -4,7 +4,7 @@ use super::view::{EndpointView, ProgramView, ServiceView};
 use crate::{
     config::Config,
     health::{self, Health, Weights},
-    plan::{Installed, maglev, resolve::Resolver},
+    plan::{Installed, desired::service_key, maglev, resolve::Resolver},
 };
 
 #[derive(Default)]
@@ -17,6 +17,8 @@ pub struct Snapshot {
     /// Whether the kernel keeps per-connection records (`stats.connections`).
     pub connection_stats: bool,
     pub installed: InstalledCounts,
+    /// Services not in their configured state in the kernel, and why.
+    pub not_installed: Vec<String>,
     pub resolver: Resolver,
 }
 
@@ -36,6 +38,7 @@ impl Snapshot {
         weights: &Weights,
         installed: &Installed,
         programs: Vec<ProgramView>,
+        not_installed: Vec<String>,
     ) -> Snapshot {
         let services = config
             .services
@@ -46,6 +49,11 @@ impl Snapshot {
                 port: service.port,
                 protocol: service.protocol.as_str().to_string(),
                 panic: weights.panicking.contains(&service.name),
+                installed: installed.services.contains_key(&service_key(
+                    service.address,
+                    service.port,
+                    service.protocol,
+                )),
                 endpoints: service
                     .endpoints
                     .iter()
@@ -76,6 +84,7 @@ impl Snapshot {
                     .map(|s| u64::from(maglev::chunks(s.value.table_size)))
                     .sum(),
             },
+            not_installed,
             resolver: Resolver::new(installed, config),
         }
     }

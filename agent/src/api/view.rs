@@ -14,6 +14,9 @@ pub struct ServiceView {
     pub protocol: String,
     /// Too little healthy weight: every endpoint gets traffic by configured weight.
     pub panic: bool,
+    /// The kernel holds an entry for this service (false while it could not be written:
+    /// `weft status` says why, and the agent retries).
+    pub installed: bool,
     pub endpoints: Vec<EndpointView>,
 }
 
@@ -104,18 +107,37 @@ pub struct StatusView {
     /// Counts config versions applied since the agent started (1 = the file it started on).
     pub generation: u64,
     pub ready: bool,
+    pub datapath: DatapathView,
     pub uptime_s: u64,
     pub programs: Vec<ProgramView>,
     pub maps: Vec<MapView>,
+    /// Services configured.
     pub services: usize,
+    /// Services the kernel holds an entry for.
+    pub services_installed: usize,
+    /// Services not brought to their configured state, with why (the agent retries them).
+    pub not_installed: Vec<String>,
     pub endpoints: usize,
     pub connections: usize,
     /// Per-connection records and events on (`stats.connections` in the config).
     pub connection_stats: bool,
     pub panicking: Vec<String>,
     pub events_lost: u64,
+    /// Reverse-NAT entries the kernel evicted while their socket was open (map full).
+    pub reverse_nat_evictions: u64,
+    /// Replies translated back from a socket's own record after such an eviction.
+    pub reverse_nat_recovered: u64,
     pub config_reloads_ok: u64,
     pub config_reloads_failed: u64,
+}
+
+/// Whether the datapath is in place: `"installed"`, or `{"missing": "why"}` while the agent
+/// reinstalls what was removed under it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum DatapathView {
+    Installed,
+    Missing(String),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -2,12 +2,14 @@
 //! between them (`validate`). A file is accepted whole or rejected whole.
 
 mod error;
+pub mod limits;
 mod raw;
 mod validate;
 
-use std::{net::IpAddr, path::Path, time::Duration};
+use std::{io::Read as _, net::IpAddr, path::Path, time::Duration};
 
 pub use error::{ConfigError, FieldError};
+pub use limits::LimitError;
 
 /// A validated configuration: every value is in range and consistent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,11 +83,14 @@ pub struct Outlier {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text)
+        Self::from_bytes(&read_file(path)?)
+    }
+
+    /// Parses and validates a file's bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| ConfigError::single("", format!("the file is not UTF-8 text ({e})")))?;
+        Self::parse(text)
     }
 
     /// Parses and validates config text.
@@ -93,6 +98,20 @@ impl Config {
         let raw = raw::parse(text)?;
         validate::validate(raw)
     }
+}
+
+/// A config file's bytes, refusing files over `MAX_FILE_BYTES` before reading them whole.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let file = std::fs::File::open(path).map_err(ConfigError::Read)?;
+    let mut bytes = Vec::new();
+    file.take(limits::MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ConfigError::Read)?;
+    if bytes.len() as u64 > limits::MAX_FILE_BYTES {
+        let size = std::fs::metadata(path).map_or(bytes.len() as u64, |m| m.len());
+        return Err(LimitError::TooLarge { bytes: size }.into());
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -167,6 +186,36 @@ mod tests {
         );
         assert_eq!(service.outlier, None);
         assert!(config.connection_stats, "connection statistics default on");
+    }
+
+    #[test]
+    fn a_huge_value_is_quoted_as_a_short_excerpt() {
+        let text = format!("services: \"{}\"\n", "x".repeat(1_000_000));
+        let error = Config::parse(&text).unwrap_err().to_string();
+        assert!(error.len() < 400, "{} bytes of error", error.len());
+        assert!(error.contains("more bytes"), "{error}");
+    }
+
+    #[test]
+    fn only_the_first_errors_are_listed() {
+        let services: String = (0..100)
+            .map(|i| {
+                format!(
+                    "  - {{ name: s{i}, address: 10.96.0.{}, port: 0 }}\n",
+                    i + 1
+                )
+            })
+            .collect();
+        let error = Config::parse(&format!("services:\n{services}"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("100 errors"), "{error}");
+        assert_eq!(
+            error.lines().count(),
+            1 + limits::MAX_LISTED_ERRORS + 1,
+            "{error}"
+        );
+        assert!(error.ends_with("… and 80 more"), "{error}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::ConfigError;
+use super::{ConfigError, limits};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +62,7 @@ pub struct RawOutlier {
 }
 
 pub fn parse(text: &str) -> Result<RawConfig, ConfigError> {
+    limits::check_aliases(text)?;
     let has_content = text
         .lines()
         .map(str::trim)

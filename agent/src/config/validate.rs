@@ -24,11 +24,8 @@ const DEFAULT_PANIC_THRESHOLD: u8 = 50;
 struct Errors(Vec<FieldError>);
 
 impl Errors {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError {
-            path: path.into(),
-            message: message.into(),
-        });
+    fn add(&mut self, path: impl AsRef<str>, message: impl AsRef<str>) {
+        self.0.push(FieldError::new(path, message));
     }
 }
 

@@ -14,7 +14,9 @@ use std::{
 
 use aya::{
     Ebpf,
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, SockOps, links::FdLink,
+    },
 };
 
 use super::DatapathError;
@@ -41,17 +43,33 @@ pub struct Attachment {
 /// The connection-lifecycle program.
 pub const SOCK_OPS: &str = "weft_sock_ops";
 
+/// Runs when a socket is released: removes the reverse-NAT entries it created.
+pub const SOCK_RELEASE: &str = "weft_sock_release";
+
+/// Every program weft attaches, in attach order.
+pub fn all_programs() -> impl Iterator<Item = &'static str> {
+    PROGRAMS.into_iter().chain([SOCK_OPS, SOCK_RELEASE])
+}
+
 pub fn attach_all(
     ebpf: &mut Ebpf,
     cgroup: &Path,
     links_dir: &Path,
 ) -> Result<Vec<Attachment>, DatapathError> {
-    let cgroup_fd = File::open(cgroup).map_err(|source| DatapathError::Io {
+    let cgroup_fd = File::open(cgroup).map_err(|error| DatapathError::Io {
         what: "opening cgroup",
         path: cgroup.to_path_buf(),
-        source,
+        error,
     })?;
-    let mut attachments = Vec::with_capacity(PROGRAMS.len() + 1);
+    let mut attachments = Vec::with_capacity(PROGRAMS.len() + 2);
+    // The release program first: a socket translated from the moment connect4/sendmsg
+    // attach must find it at its release.
+    attachments.push(attach_one::<CgroupSock>(
+        ebpf,
+        SOCK_RELEASE,
+        &cgroup_fd,
+        links_dir,
+    )?);
     for name in PROGRAMS {
         attachments.push(attach_one::<CgroupSockAddr>(
             ebpf, name, &cgroup_fd, links_dir,
@@ -90,6 +108,7 @@ macro_rules! cgroup_program {
     };
 }
 
+cgroup_program!(CgroupSock);
 cgroup_program!(CgroupSockAddr);
 cgroup_program!(SockOps);
 
@@ -116,7 +135,7 @@ where
         let link = program.attach_link(cgroup).map_err(program_error(name))?;
         link.pin(&pin).map_err(|e| DatapathError::Link {
             path: pin.clone(),
-            source: Box::new(e),
+            error: Box::new(e),
         })?;
     }
     Ok(Attachment {
@@ -132,7 +151,7 @@ where
     ebpf.program_mut(name)
         .ok_or(DatapathError::Program {
             program: name,
-            source: Box::new(ProgramError::UnexpectedProgramType),
+            error: Box::new(ProgramError::UnexpectedProgramType),
         })?
         .try_into()
         .map_err(program_error(name))
@@ -141,7 +160,7 @@ where
 fn program_error(program: &'static str) -> impl Fn(ProgramError) -> DatapathError {
     move |source| DatapathError::Program {
         program,
-        source: Box::new(source),
+        error: Box::new(source),
     }
 }
 
@@ -151,7 +170,7 @@ fn update_pinned_link(pin: &Path, program_fd: i32) -> Result<(), DatapathError> 
     const BPF_LINK_UPDATE: libc::c_long = 29;
     let link_error = |source: std::io::Error| DatapathError::Link {
         path: pin.to_path_buf(),
-        source: Box::new(source),
+        error: Box::new(source),
     };
     let path = CString::new(pin.as_os_str().as_bytes())
         .map_err(|e| link_error(std::io::Error::other(e)))?;

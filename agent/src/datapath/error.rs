@@ -8,31 +8,28 @@ pub enum DatapathError {
     NoObject,
     #[error("{} is not on a BPF filesystem (mount one with `mount -t bpf bpf /sys/fs/bpf`)", .0.display())]
     NotBpffs(PathBuf),
-    #[error("{what} {}: {source}", path.display())]
+    #[error("{what} {}: {error}", path.display())]
     Io {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("loading the kernel object: {0}")]
-    Load(#[source] Box<aya::EbpfError>),
-    #[error("program {program}: {source}")]
+    Load(Box<aya::EbpfError>),
+    #[error("program {program}: {error}")]
     Program {
         program: &'static str,
-        #[source]
-        source: Box<aya::programs::ProgramError>,
+        error: Box<aya::programs::ProgramError>,
     },
-    #[error("pinned link {}: {source}", path.display())]
+    #[error("pinned link {}: {error}", path.display())]
     Link {
         path: PathBuf,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        error: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("map {map}: {source}")]
+    #[error("map {map}: {error}")]
     Map {
         map: &'static str,
-        #[source]
-        source: Box<aya::maps::MapError>,
+        error: Box<aya::maps::MapError>,
     },
     #[error("map {map} is missing from the kernel object")]
     MissingMap { map: &'static str },

@@ -12,18 +12,23 @@ use super::DatapathError;
 /// How stale statistics may get: events that do not wake the agent wait at most this long.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
+/// The ring, not yet registered with a runtime: the datapath opens it on the control
+/// thread, and the reader runs wherever its task is spawned.
+pub struct EventRing(pub(super) RingBuf<MapData>);
+
 pub struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
 }
 
 impl EventReader {
-    pub(super) fn new(ring: RingBuf<MapData>) -> Result<Self, DatapathError> {
+    /// Registers the ring for polling with the runtime this is called on.
+    pub fn new(ring: EventRing) -> Result<Self, DatapathError> {
         // SAFETY: the RingBuf owns its map fd for its whole life and always reports that same
-        // fd, which is what AsyncFd requires. Needs a tokio runtime (the daemon's).
-        let ring = unsafe { AsyncFd::register(ring) }.map_err(|error| DatapathError::Io {
+        // fd, which is what AsyncFd requires.
+        let ring = unsafe { AsyncFd::register(ring.0) }.map_err(|error| DatapathError::Io {
             what: "polling",
             path: weft_common::maps::EVENTS.into(),
-            source: error.into_parts().1,
+            error: error.into_parts().1,
         })?;
         Ok(EventReader { ring })
     }

@@ -21,10 +21,10 @@ impl Layout {
             links: super::links_dir(bpffs_dir),
         };
         for dir in [bpffs_dir, &layout.maps, &layout.links] {
-            fs::create_dir_all(dir).map_err(|source| DatapathError::Io {
+            fs::create_dir_all(dir).map_err(|error| DatapathError::Io {
                 what: "creating",
                 path: dir.to_path_buf(),
-                source,
+                error,
             })?;
         }
         if !is_bpffs(bpffs_dir) {
@@ -64,10 +64,10 @@ pub fn raise_memlock_limit() {
 /// /sys/fs/cgroup, so it is never assumed).
 pub fn discover_cgroup2_root() -> Result<PathBuf, DatapathError> {
     let mountinfo =
-        fs::read_to_string("/proc/self/mountinfo").map_err(|source| DatapathError::Io {
+        fs::read_to_string("/proc/self/mountinfo").map_err(|error| DatapathError::Io {
             what: "reading",
             path: "/proc/self/mountinfo".into(),
-            source,
+            error,
         })?;
     mountinfo
         .lines()

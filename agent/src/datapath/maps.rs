@@ -1,6 +1,6 @@
 //! Typed handles on weft's maps, reading back installed state, and writing changes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap as StdHashMap, HashSet};
 
 use aya::{
     Ebpf,
@@ -27,21 +27,46 @@ pub struct Maps {
 pub(super) fn map_error(map: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map {
         map,
-        source: Box::new(source),
+        error: Box::new(source),
     }
 }
 
-/// A write failure, phrased for operators: a full map names its capacity.
-fn describe(map: &'static str, capacity: u32, error: &MapError) -> String {
-    if let MapError::SyscallError(syscall) = error
-        && matches!(
-            syscall.io_error.raw_os_error(),
-            Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM)
-        )
-    {
-        return format!("map {map} is full (capacity {capacity} entries)");
+/// Why a map write failed, phrased for operators: a full map names its capacity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteFailure {
+    #[error("map {map} is full (capacity {capacity} entries)")]
+    Full { map: &'static str, capacity: u32 },
+    #[error("writing map {map}: {error}")]
+    Other { map: &'static str, error: String },
+    #[error("one of its endpoints could not be installed")]
+    Endpoint,
+}
+
+impl WriteFailure {
+    fn of(map: &'static str, capacity: u32, error: &MapError) -> WriteFailure {
+        if let MapError::SyscallError(syscall) = error
+            && matches!(
+                syscall.io_error.raw_os_error(),
+                Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM)
+            )
+        {
+            return WriteFailure::Full { map, capacity };
+        }
+        WriteFailure::Other {
+            map,
+            error: error.to_string(),
+        }
     }
-    format!("writing map {map}: {error}")
+}
+
+/// A service the apply could not bring to its desired state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("service {service}: {reason}; {}", if *.serving_previous { "its previous table keeps serving" } else { "not installed" })]
+pub struct ApplyFailure {
+    pub service: String,
+    pub reason: WriteFailure,
+    /// The service had an entry already, which still serves its previous table.
+    pub serving_previous: bool,
 }
 
 impl Maps {
@@ -144,52 +169,9 @@ impl Maps {
                 .filter(|&id| id != 0),
         );
 
-        // 1. Endpoints first: a table may only name backends that exist.
-        let mut failed_backends = HashSet::new();
-        for (id, backend) in &changes.new_backends {
-            match self.backends.insert(id, backend, 0) {
-                Ok(()) => {
-                    installed.backends.insert(*backend, *id);
-                    report.backends_added += 1;
-                }
-                Err(e) => {
-                    failed_backends.insert(*id);
-                    report
-                        .failures
-                        .push(describe(names::BACKENDS, names::BACKENDS_CAPACITY, &e));
-                }
-            }
-        }
-
-        // 2. Per service: new table where no reader looks, publish with one write, free the old.
-        for update in changes.updates {
-            if update
-                .inputs
-                .members
-                .iter()
-                .any(|(id, _, _)| failed_backends.contains(id))
-            {
-                report.failures.push(format!(
-                    "service {}: an endpoint could not be installed",
-                    update.name
-                ));
-                continue;
-            }
-            match self.write_service(installed, &mut table_ids, &update) {
-                Ok(()) => report.services_written += 1,
-                Err(reason) => report.failures.push(format!(
-                    "service {}: {reason}; its previous table keeps serving",
-                    update.name
-                )),
-            }
-        }
-        for (key, inputs) in changes.confirmed {
-            if let Some(service) = installed.services.get_mut(&key) {
-                service.table = TableSource::Built(inputs);
-            }
-        }
-
-        // 3. Removed services: entry first (no new lookups), then its table.
+        // 1. Removed services first, so a config that removes some services and adds others
+        //    (or moves one to a new address) frees map room before it needs it. Entry first
+        //    (no new lookups), then its table.
         for key in changes.removed {
             let Some(service) = installed.services.get(&key) else {
                 continue;
@@ -200,7 +182,51 @@ impl Maps {
                     installed.services.remove(&key);
                     report.services_removed += 1;
                 }
-                Err(e) => report.failures.push(format!("removing a service: {e}")),
+                Err(e) => warn!(error = %e, "could not remove a service entry; retrying later"),
+            }
+        }
+
+        // 2. Endpoints: a table may only name backends that exist.
+        let mut failed_backends = StdHashMap::new();
+        for (id, backend) in &changes.new_backends {
+            match self.backends.insert(id, backend, 0) {
+                Ok(()) => {
+                    installed.backends.insert(*backend, *id);
+                    report.backends_added += 1;
+                }
+                Err(e) => {
+                    failed_backends.insert(
+                        *id,
+                        WriteFailure::of(names::BACKENDS, names::BACKENDS_CAPACITY, &e),
+                    );
+                }
+            }
+        }
+
+        // 3. Per service: new table where no reader looks, publish with one write, free the old.
+        for update in changes.updates {
+            let serving_previous = installed.services.contains_key(&update.key);
+            let failure = match update
+                .inputs
+                .members
+                .iter()
+                .find_map(|(id, _, _)| failed_backends.get(id))
+            {
+                Some(failure) => Err(failure.clone()),
+                None => self.write_service(installed, &mut table_ids, &update),
+            };
+            match failure {
+                Ok(()) => report.services_written += 1,
+                Err(reason) => report.failures.push(ApplyFailure {
+                    service: update.name,
+                    reason,
+                    serving_previous,
+                }),
+            }
+        }
+        for (key, inputs) in changes.confirmed {
+            if let Some(service) = installed.services.get_mut(&key) {
+                service.table = TableSource::Built(inputs);
             }
         }
 
@@ -214,7 +240,7 @@ impl Maps {
         installed: &mut Installed,
         table_ids: &mut IdAllocator,
         update: &ServiceUpdate,
-    ) -> Result<(), String> {
+    ) -> Result<(), WriteFailure> {
         let table = update.inputs.build();
         let mut value = ServiceValue {
             service_id: update.service_id,
@@ -227,12 +253,16 @@ impl Maps {
             value.table_size = table.len() as u32;
             if let Err(e) = self.write_table(value.table_id, &table) {
                 self.delete_table(&value);
-                return Err(describe(names::MAGLEV, names::MAGLEV_CAPACITY, &e));
+                return Err(WriteFailure::of(names::MAGLEV, names::MAGLEV_CAPACITY, &e));
             }
         }
         if let Err(e) = self.services.insert(&update.key, &value, 0) {
             self.delete_table(&value);
-            return Err(describe(names::SERVICES, names::SERVICES_CAPACITY, &e));
+            return Err(WriteFailure::of(
+                names::SERVICES,
+                names::SERVICES_CAPACITY,
+                &e,
+            ));
         }
         let previous = installed.services.insert(
             update.key,

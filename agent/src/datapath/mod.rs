@@ -8,6 +8,7 @@ mod events;
 mod fs;
 mod maps;
 mod observe;
+mod pins;
 mod reset;
 
 use std::path::{Path, PathBuf};
@@ -16,9 +17,11 @@ use aya::{Ebpf, EbpfLoader};
 use tracing::{info, warn};
 
 pub use error::DatapathError;
-pub use events::EventReader;
+pub use events::{EventReader, EventRing};
 pub use fs::discover_cgroup2_root;
-pub use observe::Observer;
+pub use maps::{ApplyFailure, WriteFailure};
+pub use observe::{KernelCounters, Observer};
+pub use pins::PinsMissing;
 pub use reset::{ResetReport, reset};
 
 use crate::plan::{Changes, Installed};
@@ -38,16 +41,17 @@ pub struct ApplyReport {
     pub services_removed: usize,
     pub backends_added: usize,
     pub backends_removed: usize,
-    /// Services whose new table could not be installed; their previous table keeps serving.
-    pub failures: Vec<String>,
+    /// Services not brought to their desired state (the daemon retries them).
+    pub failures: Vec<ApplyFailure>,
 }
 
 pub struct Datapath {
     maps: maps::Maps,
-    events: Option<EventReader>,
+    events: Option<EventRing>,
     observer: Option<Observer>,
     attachments: Vec<attach::Attachment>,
     installed: Installed,
+    pins: pins::Pins,
     /// Holds the programs (and the links it manages) for the agent's lifetime.
     _ebpf: Ebpf,
 }
@@ -81,9 +85,9 @@ impl Datapath {
             })?;
         let ring = aya::maps::RingBuf::try_from(ring).map_err(|source| DatapathError::Map {
             map: weft_common::maps::EVENTS,
-            source: Box::new(source),
+            error: Box::new(source),
         })?;
-        let events = Some(EventReader::new(ring)?);
+        let events = Some(EventRing(ring));
         let observer = Some(Observer::take(&mut ebpf)?);
         let installed = maps.read_installed()?;
         let orphans = maps.delete_orphan_tables(&installed)?;
@@ -104,13 +108,19 @@ impl Datapath {
             observer,
             attachments,
             installed,
+            pins: pins::Pins::record(&options.bpffs_dir),
             _ebpf: ebpf,
         })
     }
 
-    /// The connection-event reader, for the task that will own it (once).
-    pub fn take_events(&mut self) -> Option<EventReader> {
+    /// The connection-event ring, for the task that will read it (once).
+    pub fn take_events(&mut self) -> Option<EventRing> {
         self.events.take()
+    }
+
+    /// Whether everything this datapath pinned is still pinned (see `pins`).
+    pub fn check_pins(&self) -> Result<(), PinsMissing> {
+        self.pins.check()
     }
 
     /// The read-only view of the kernel-written maps, for whoever serves statistics (once).

@@ -1,9 +1,10 @@
 //! Read-only views of the kernel-written maps, for statistics and the admin API: the live
-//! connection table, the reverse-NAT entries and the count of events the ring dropped.
-//! Shared across tasks: every read is a syscall on the map's fd, nothing is cached.
+//! connection table, the reverse-NAT entries, the count of events the ring dropped and the
+//! kernel's event counters. Every read is a syscall on the map's fd (walks are one per
+//! entry): callers sample it off the control loop, and not per request.
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
-use weft_common::{ConnRecord, RevNatKey, RevNatValue, maps as names};
+use weft_common::{ConnRecord, RevNatKey, RevNatValue, counter, maps as names};
 
 use super::{DatapathError, maps::map_error};
 
@@ -11,6 +12,16 @@ pub struct Observer {
     conns: HashMap<MapData, u64, ConnRecord>,
     revnat: HashMap<MapData, RevNatKey, RevNatValue>,
     lost: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+/// The kernel's own event counts (`WEFT_COUNTERS_V1`), summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// Reverse-NAT entries evicted while their socket was open.
+    pub revnat_evicted: u64,
+    /// Translations back recovered from a socket's own record after such an eviction.
+    pub revnat_recovered: u64,
 }
 
 impl Observer {
@@ -23,6 +34,8 @@ impl Observer {
             revnat: HashMap::try_from(raw(ebpf, names::REVNAT)?)
                 .map_err(map_error(names::REVNAT))?,
             lost: PerCpuArray::try_from(raw(ebpf, names::LOST)?).map_err(map_error(names::LOST))?,
+            counters: PerCpuArray::try_from(raw(ebpf, names::COUNTERS)?)
+                .map_err(map_error(names::COUNTERS))?,
         })
     }
 
@@ -48,9 +61,20 @@ impl Observer {
 
     /// Ring-buffer records the kernel could not deliver because the ring was full.
     pub fn events_lost(&self) -> u64 {
-        self.lost
-            .get(&0, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+        sum(&self.lost, 0)
     }
+
+    pub fn counters(&self) -> KernelCounters {
+        KernelCounters {
+            revnat_evicted: sum(&self.counters, counter::REVNAT_EVICTED),
+            revnat_recovered: sum(&self.counters, counter::REVNAT_RECOVERED),
+        }
+    }
+}
+
+fn sum(array: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    array
+        .get(&index, 0)
+        .map(|per_cpu| per_cpu.iter().sum())
+        .unwrap_or(0)
 }

@@ -19,14 +19,14 @@ pub fn reset(bpffs_dir: &Path) -> Result<ResetReport, DatapathError> {
     }
     let io = |what: &'static str, path: &Path| {
         let path = path.to_path_buf();
-        move |source| DatapathError::Io { what, path, source }
+        move |error| DatapathError::Io { what, path, error }
     };
     // Links first: unpinning the last reference detaches the program from the cgroup.
     let links = super::links_dir(bpffs_dir);
     for path in entries(&links)? {
         let link = PinnedLink::from_pin(&path).map_err(|e| DatapathError::Link {
             path: path.clone(),
-            source: Box::new(e),
+            error: Box::new(e),
         })?;
         link.unpin().map_err(io("unpinning", &path))?;
         report.links_removed += 1;
@@ -48,10 +48,10 @@ fn entries(dir: &Path) -> Result<Vec<std::path::PathBuf>, DatapathError> {
     if !dir.exists() {
         return Ok(Vec::new());
     }
-    let read = fs::read_dir(dir).map_err(|source| DatapathError::Io {
+    let read = fs::read_dir(dir).map_err(|error| DatapathError::Io {
         what: "listing",
         path: dir.to_path_buf(),
-        source,
+        error,
     })?;
     Ok(read.filter_map(Result::ok).map(|e| e.path()).collect())
 }

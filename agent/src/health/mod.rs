@@ -12,7 +12,7 @@ use std::{
     time::Instant,
 };
 
-pub use probe::{ProbeResult, Prober};
+pub use probe::{NotSent, ProbeFailure, ProbeOutcome, ProbeResult, Prober};
 pub use state::{EndpointHealth, State};
 pub use weights::{Effective, effective_weights};
 
@@ -50,6 +50,8 @@ pub struct Transition {
     pub key: EndpointKey,
     pub from: State,
     pub to: State,
+    /// The failed probe that made it, if one did.
+    pub cause: Option<ProbeFailure>,
 }
 
 /// Effective weights for every endpoint, and the services in panic mode.
@@ -90,14 +92,29 @@ impl Health {
         });
     }
 
-    /// Records a probe result; returns the state change, if any.
+    /// Records a probe result; returns the state change, if any. A probe that could not be
+    /// sent changes nothing.
     pub fn on_probe(&mut self, result: &ProbeResult) -> Option<Transition> {
+        let ok = match result.outcome {
+            ProbeOutcome::Pass => true,
+            ProbeOutcome::Fail(_) => false,
+            ProbeOutcome::Inconclusive(_) => return None,
+        };
         let key = (result.service.clone(), result.endpoint);
         let tracked = self.endpoints.get_mut(&key)?;
         let from = tracked.health.state(tracked.weight);
-        tracked.health.on_probe(result.ok, &tracked.check);
+        tracked.health.on_probe(ok, &tracked.check);
         let to = tracked.health.state(tracked.weight);
-        (from != to).then_some(Transition { key, from, to })
+        let cause = match result.outcome {
+            ProbeOutcome::Fail(failure) => Some(failure),
+            _ => None,
+        };
+        (from != to).then_some(Transition {
+            key,
+            from,
+            to,
+            cause,
+        })
     }
 
     /// The outcome of a real connection to an endpoint of `service`. Consecutive failures up
@@ -140,7 +157,12 @@ impl Health {
         tracked.health.eject(outlier, now);
         let to = tracked.health.state(tracked.weight);
         self.ejected.insert(key.clone());
-        (from != to).then_some(Transition { key, from, to })
+        (from != to).then_some(Transition {
+            key,
+            from,
+            to,
+            cause: None,
+        })
     }
 
     /// Ends ejections whose time is up. Runs often, so it touches only ejected endpoints.
@@ -165,6 +187,7 @@ impl Health {
                 key: key.clone(),
                 from,
                 to,
+                cause: None,
             });
             tracked.health.is_ejected()
         });

@@ -22,21 +22,70 @@ pub const MAX_CONCURRENT_PROBES: usize = 256;
 pub struct ProbeResult {
     pub service: String,
     pub endpoint: SocketAddr,
-    pub ok: bool,
+    pub outcome: ProbeOutcome,
+}
+
+/// What one probe found out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    Pass,
+    Fail(ProbeFailure),
+    /// The probe could not be sent, which says nothing about the endpoint.
+    Inconclusive(NotSent),
+}
+
+/// Why a probe failed, for the log: an operator must tell a dead endpoint from a slow one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeFailure {
+    #[error("connection refused")]
+    Refused,
+    #[error("no answer within the timeout")]
+    TimedOut,
+    #[error("HTTP status {0}")]
+    Status(u16),
+    #[error("not an HTTP answer")]
+    NotHttp,
+    #[error("{}", std::io::Error::from_raw_os_error(*.0))]
+    Os(i32),
+    #[error("{0}")]
+    Io(std::io::ErrorKind),
+}
+
+/// Why a probe was never sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotSent {
+    #[error(
+        "no local port for the probe's connection (EADDRNOTAVAIL): the node's ephemeral ports are exhausted, e.g. by connections in TIME_WAIT; the endpoint's state is kept"
+    )]
+    LocalPortsExhausted,
+}
+
+impl ProbeOutcome {
+    fn from_io(error: &std::io::Error) -> ProbeOutcome {
+        match error.raw_os_error() {
+            Some(libc::EADDRNOTAVAIL) => ProbeOutcome::Inconclusive(NotSent::LocalPortsExhausted),
+            Some(libc::ECONNREFUSED) => ProbeOutcome::Fail(ProbeFailure::Refused),
+            Some(errno) => ProbeOutcome::Fail(ProbeFailure::Os(errno)),
+            None => ProbeOutcome::Fail(ProbeFailure::Io(error.kind())),
+        }
+    }
 }
 
 pub struct Prober {
     tasks: HashMap<EndpointKey, (HealthCheck, JoinHandle<()>)>,
     limit: Arc<Semaphore>,
     results: mpsc::Sender<ProbeResult>,
+    /// Probes run on the I/O runtime, not on the control loop's thread.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Prober {
-    pub fn new(results: mpsc::Sender<ProbeResult>) -> Self {
+    pub fn new(results: mpsc::Sender<ProbeResult>, runtime: tokio::runtime::Handle) -> Self {
         Prober {
             tasks: HashMap::new(),
             limit: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
             results,
+            runtime,
         }
     }
 
@@ -71,7 +120,7 @@ impl Prober {
             if self.tasks.contains_key(&key) {
                 continue;
             }
-            let task = tokio::spawn(probe_loop(
+            let task = self.runtime.spawn(probe_loop(
                 key.clone(),
                 check.clone(),
                 Arc::clone(&self.limit),
@@ -101,7 +150,7 @@ async fn probe_loop(
     loop {
         sleep_until(next).await;
         let started = Instant::now();
-        let ok = {
+        let outcome = {
             let Ok(_permit) = limit.acquire().await else {
                 return;
             };
@@ -110,7 +159,7 @@ async fn probe_loop(
         let result = ProbeResult {
             service: key.0.clone(),
             endpoint: key.1,
-            ok,
+            outcome,
         };
         if results.send(result).await.is_err() {
             return;
@@ -121,19 +170,29 @@ async fn probe_loop(
 }
 
 /// One probe within the check's timeout.
-pub async fn probe_once(endpoint: SocketAddr, check: &HealthCheck) -> bool {
+pub async fn probe_once(endpoint: SocketAddr, check: &HealthCheck) -> ProbeOutcome {
     let attempt = async {
         match &check.probe {
-            Probe::None => true,
-            Probe::Tcp => TcpStream::connect(endpoint).await.is_ok(),
-            Probe::Http { path } => http_get_ok(endpoint, path).await.unwrap_or(false),
+            Probe::None => ProbeOutcome::Pass,
+            Probe::Tcp => match TcpStream::connect(endpoint).await {
+                Ok(_) => ProbeOutcome::Pass,
+                Err(e) => ProbeOutcome::from_io(&e),
+            },
+            Probe::Http { path } => match http_get(endpoint, path).await {
+                Ok(Some(code)) if (200..400).contains(&code) => ProbeOutcome::Pass,
+                Ok(Some(code)) => ProbeOutcome::Fail(ProbeFailure::Status(code)),
+                Ok(None) => ProbeOutcome::Fail(ProbeFailure::NotHttp),
+                Err(e) => ProbeOutcome::from_io(&e),
+            },
         }
     };
-    timeout(check.timeout, attempt).await.unwrap_or(false)
+    timeout(check.timeout, attempt)
+        .await
+        .unwrap_or(ProbeOutcome::Fail(ProbeFailure::TimedOut))
 }
 
-/// GET `path`; a 2xx or 3xx status line is healthy.
-async fn http_get_ok(endpoint: SocketAddr, path: &str) -> std::io::Result<bool> {
+/// GET `path`; the answer's status code, if it is HTTP.
+async fn http_get(endpoint: SocketAddr, path: &str) -> std::io::Result<Option<u16>> {
     let mut stream = TcpStream::connect(endpoint).await?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nUser-Agent: weft-health\r\nConnection: close\r\n\r\n"
@@ -148,7 +207,7 @@ async fn http_get_ok(endpoint: SocketAddr, path: &str) -> std::io::Result<bool> 
         }
         read += n;
     }
-    Ok(parse_status(&head[..read]).is_some_and(|code| (200..400).contains(&code)))
+    Ok(parse_status(&head[..read]))
 }
 
 fn parse_status(head: &[u8]) -> Option<u16> {
@@ -217,10 +276,17 @@ mod tests {
         let http = check(Probe::Http {
             path: "/healthz".into(),
         });
-        assert!(probe_once(addr, &http).await, "200 is healthy");
-        assert!(!probe_once(addr, &http).await, "503 is unhealthy");
-        assert!(probe_once(addr, &http).await, "301 is healthy");
+        assert_eq!(probe_once(addr, &http).await, ProbeOutcome::Pass, "200");
+        assert_eq!(
+            probe_once(addr, &http).await,
+            ProbeOutcome::Fail(ProbeFailure::Status(503))
+        );
+        assert_eq!(probe_once(addr, &http).await, ProbeOutcome::Pass, "301");
         server.await.unwrap();
-        assert!(!probe_once(addr, &check(Probe::Tcp)).await, "closed port");
+        assert_eq!(
+            probe_once(addr, &check(Probe::Tcp)).await,
+            ProbeOutcome::Fail(ProbeFailure::Refused),
+            "closed port"
+        );
     }
 }

@@ -1,7 +1,10 @@
 //! The config file as a source: watched with inotify (its directory, so editors' atomic
 //! renames and Kubernetes ConfigMap symlink swaps are seen) plus a metadata poll as a fallback
-//! for filesystems without inotify. Each change that alters the file's bytes yields the
-//! parsed and validated config, or the reason it was rejected.
+//! for filesystems without inotify. The watch starts before the first read, so a change
+//! written while the agent starts is never missed. The first read, and each change that
+//! alters the file's bytes, yields the parsed and validated config, or the reason it was
+//! rejected. Parsing runs on a blocking thread: a large or hostile file never holds up the
+//! threads that answer health checks.
 
 use std::{
     fs,
@@ -13,25 +16,25 @@ use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{self, Config, ConfigError};
+
+/// A parsed and validated config, or why the file was rejected.
+pub type Update = Result<Config, ConfigError>;
 
 /// Settling time after an event: editors write in several steps.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 const POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
-#[error("watching {}: {source}", path.display())]
+#[error("watching {}: {error}", path.display())]
 pub struct WatchError {
     path: PathBuf,
-    source: notify::Error,
+    error: notify::Error,
 }
 
-/// Starts watching `path`; `current` holds the bytes already applied, so only real changes
-/// are reported.
-pub fn watch(
-    path: PathBuf,
-    current: Vec<u8>,
-) -> Result<mpsc::Receiver<Result<Config, ConfigError>>, WatchError> {
+/// Starts watching `path`, then reads it: the first update is the file as it is. Call from
+/// within the runtime the watcher's task should run on.
+pub fn watch(path: PathBuf) -> Result<mpsc::Receiver<Update>, WatchError> {
     let (event_tx, mut events) = mpsc::unbounded_channel::<()>();
     let file_name = path.file_name().map(|n| n.to_os_string());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -50,9 +53,9 @@ pub fn watch(
             let _ = event_tx.send(());
         }
     })
-    .map_err(|source| WatchError {
+    .map_err(|error| WatchError {
         path: path.clone(),
-        source,
+        error,
     })?;
     let dir = path
         .parent()
@@ -61,46 +64,61 @@ pub fn watch(
         .to_path_buf();
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|source| WatchError {
+        .map_err(|error| WatchError {
             path: dir.clone(),
-            source,
+            error,
         })?;
 
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         // Owned by the task: dropping it would stop the events.
         let _watcher = watcher;
-        let mut last_bytes = current;
+        let mut last_bytes: Option<Vec<u8>> = None;
         let mut last_meta = metadata_stamp(&path);
         let mut poll = tokio::time::interval(POLL);
+        let mut first = true;
         loop {
-            tokio::select! {
-                event = events.recv() => {
-                    if event.is_none() { break; }
-                    tokio::time::sleep(DEBOUNCE).await;
-                    while events.try_recv().is_ok() {}
-                }
-                _ = poll.tick() => {
-                    let stamp = metadata_stamp(&path);
-                    if stamp == last_meta { continue; }
+            if !first {
+                tokio::select! {
+                    event = events.recv() => {
+                        if event.is_none() { break; }
+                        tokio::time::sleep(DEBOUNCE).await;
+                        while events.try_recv().is_ok() {}
+                    }
+                    _ = poll.tick() => {
+                        let stamp = metadata_stamp(&path);
+                        if stamp == last_meta { continue; }
+                    }
                 }
             }
             last_meta = metadata_stamp(&path);
-            let bytes = match fs::read(&path) {
-                Ok(bytes) => bytes,
-                Err(source) => {
-                    warn!(path = %path.display(), error = %source, "config file unreadable");
-                    continue;
-                }
-            };
-            if bytes == last_bytes {
+            let read_path = path.clone();
+            let bytes =
+                match tokio::task::spawn_blocking(move || config::read_file(&read_path)).await {
+                    Ok(Ok(bytes)) => bytes,
+                    Ok(Err(error)) if first => {
+                        // Unreadable at start: the agent must not start on nothing.
+                        let _ = tx.send(Err(error)).await;
+                        break;
+                    }
+                    Ok(Err(error)) => {
+                        warn!(path = %path.display(), "config file unreadable: {error}");
+                        continue;
+                    }
+                    Err(_) => break,
+                };
+            first = false;
+            if last_bytes.as_ref() == Some(&bytes) {
                 continue;
             }
             debug!(path = %path.display(), "config file changed");
-            last_bytes = bytes;
-            let parsed = String::from_utf8(last_bytes.clone())
-                .map_err(|_| ConfigError::single("", "the file is not UTF-8 text"))
-                .and_then(|text| Config::parse(&text));
+            let parsed = tokio::task::spawn_blocking({
+                let bytes = bytes.clone();
+                move || Config::from_bytes(&bytes)
+            })
+            .await;
+            last_bytes = Some(bytes);
+            let Ok(parsed) = parsed else { break };
             if tx.send(parsed).await.is_err() {
                 break;
             }

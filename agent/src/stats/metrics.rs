@@ -20,7 +20,19 @@ use prometheus_client::{
 use weft_common::{ConnRecord, event};
 
 use super::record;
-use crate::api::view::ConnStats;
+use crate::{api::view::ConnStats, datapath::KernelCounters};
+
+/// Follows a cumulative count the kernel keeps in a pinned map: adds what it grew by. A
+/// smaller total means the map is new (a reinstalled datapath) and counts from zero.
+#[derive(Default)]
+struct KernelTotal(AtomicU64);
+
+impl KernelTotal {
+    fn follow(&self, counter: &Counter, total: u64) {
+        let last = self.0.swap(total, std::sync::atomic::Ordering::Relaxed);
+        counter.inc_by(if total >= last { total - last } else { total });
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
@@ -94,6 +106,13 @@ pub struct Metrics {
     map_entries: Family<MapLabels, Gauge>,
     map_capacity: Family<MapLabels, Gauge>,
     events_lost: Counter,
+    events_lost_seen: KernelTotal,
+    revnat_evicted: Counter,
+    revnat_evicted_seen: KernelTotal,
+    revnat_recovered: Counter,
+    revnat_recovered_seen: KernelTotal,
+    reinstalls: Counter,
+    not_installed: Gauge,
     reloads: Family<ResultLabels, Counter>,
     /// The (service, endpoint) label sets the config has now.
     known: Mutex<HashSet<EndpointLabels>>,
@@ -146,6 +165,13 @@ impl Metrics {
             map_entries: Family::default(),
             map_capacity: Family::default(),
             events_lost: Counter::default(),
+            events_lost_seen: KernelTotal::default(),
+            revnat_evicted: Counter::default(),
+            revnat_evicted_seen: KernelTotal::default(),
+            revnat_recovered: Counter::default(),
+            revnat_recovered_seen: KernelTotal::default(),
+            reinstalls: Counter::default(),
+            not_installed: Gauge::default(),
             reloads: Family::default(),
             known: Mutex::default(),
         };
@@ -227,6 +253,26 @@ impl Metrics {
             "weft_events_lost",
             "Connection events the kernel dropped because the ring buffer was full",
             self.events_lost.clone(),
+        );
+        r.register(
+            "weft_reverse_nat_evictions",
+            "Reverse-NAT entries evicted from the full map while their socket was open",
+            self.revnat_evicted.clone(),
+        );
+        r.register(
+            "weft_reverse_nat_recovered",
+            "Replies and getpeername calls translated back from a socket's own record after its reverse-NAT entry was evicted",
+            self.revnat_recovered.clone(),
+        );
+        r.register(
+            "weft_datapath_reinstalls",
+            "Times the agent found its pinned programs or maps removed (weft reset) and installed them again",
+            self.reinstalls.clone(),
+        );
+        r.register(
+            "weft_services_not_installed",
+            "Configured services the kernel does not hold in their configured state (retried)",
+            self.not_installed.clone(),
         );
         r.register(
             "weft_config_reloads",
@@ -366,10 +412,23 @@ impl Metrics {
 
     /// The kernel's lost-event count is cumulative; the counter follows it.
     pub fn set_events_lost(&self, total: u64) {
-        let seen = self.events_lost.get();
-        if total > seen {
-            self.events_lost.inc_by(total - seen);
-        }
+        self.events_lost_seen.follow(&self.events_lost, total);
+    }
+
+    /// The kernel's own event counters, cumulative like the lost events.
+    pub fn set_kernel_counters(&self, counters: &KernelCounters) {
+        self.revnat_evicted_seen
+            .follow(&self.revnat_evicted, counters.revnat_evicted);
+        self.revnat_recovered_seen
+            .follow(&self.revnat_recovered, counters.revnat_recovered);
+    }
+
+    pub fn datapath_reinstalled(&self) {
+        self.reinstalls.inc();
+    }
+
+    pub fn set_services_not_installed(&self, count: usize) {
+        self.not_installed.set(count as i64);
     }
 
     pub fn events_lost(&self) -> u64 {

@@ -1,0 +1,115 @@
+//! `weft agent`: load the datapath, apply the config, follow its changes until signalled.
+//!
+//! Two runtimes, so that reading the agent never delays what the kernel is told: the
+//! control loop (config changes, health changes, map writes) runs alone on its own thread;
+//! everything that answers or waits on the outside world (admin API, metrics, probes, the
+//! config watcher, the kernel event reader) runs on a small I/O runtime beside it.
+
+mod control;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use tokio::{
+    runtime::Runtime,
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
+use tracing::info;
+
+use crate::{
+    api::{self, ApiError, Shared},
+    config::ConfigError,
+    datapath::DatapathError,
+    source,
+};
+
+pub struct Options {
+    pub config: PathBuf,
+    pub cgroup: Option<PathBuf>,
+    pub bpffs_dir: PathBuf,
+    pub admin_socket: PathBuf,
+    pub metrics_addr: SocketAddr,
+}
+
+/// Why the agent could not start or had to stop. Each error carries its cause in its own
+/// message, so printed with its chain every fact appears once.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("config {}: {error}", path.display())]
+    Config { path: PathBuf, error: ConfigError },
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Watch(#[from] source::file::WatchError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("starting the agent's runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("the control loop stopped unexpectedly")]
+    ControlLoop,
+}
+
+pub fn run(options: Options) -> Result<(), DaemonError> {
+    let io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("weft-io")
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Signals first, so a SIGTERM at any later point means a clean exit, not the default
+    // death.
+    let signals = io.block_on(async {
+        let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+        let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+        Ok::<_, DaemonError>(tokio::spawn(async move {
+            tokio::select! {
+                _ = sigterm.recv() => {}
+                _ = sigint.recv() => {}
+            }
+            let _ = stop_tx.send(true);
+        }))
+    })?;
+    let shared = Arc::new(Shared::new());
+    let result = serve(&io, &options, Arc::clone(&shared), stop_rx);
+    signals.abort();
+    api::admin::unbind(&options.admin_socket);
+    info!("exiting; programs and maps stay pinned so traffic keeps flowing");
+    result
+}
+
+/// Starts the listeners and the config watcher on the I/O runtime, runs the control loop on
+/// its own thread until it ends, and returns its result.
+fn serve(
+    io: &Runtime,
+    options: &Options,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    io.block_on(async {
+        api::metrics::serve(options.metrics_addr, Arc::clone(&shared)).await?;
+        api::admin::serve(options.admin_socket.clone(), Arc::clone(&shared)).await?;
+        Ok::<_, DaemonError>(())
+    })?;
+    info!(admin = %options.admin_socket.display(), metrics = %options.metrics_addr, "listening");
+    // Watching starts before the first read, so a change written while the agent starts up
+    // is never missed.
+    let updates = {
+        let _entered = io.enter();
+        source::file::watch(options.config.clone())?
+    };
+    let control = control::Control::new(options, shared, io.handle().clone());
+    let thread = std::thread::Builder::new()
+        .name("weft-control".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(DaemonError::Runtime)?;
+            runtime.block_on(control.run(updates, stop))
+        })
+        .map_err(DaemonError::Runtime)?;
+    thread.join().map_err(|_| DaemonError::ControlLoop)?
+}

@@ -1,0 +1,114 @@
+//! A socket's own record of its translations (`WEFT_SOCKNAT_V1`, socket storage the kernel
+//! frees with the socket). Sockets without a TCP close to follow (UDP) note each reverse-NAT
+//! entry they create, so their release removes exactly those; and a reply whose shared entry
+//! the LRU evicted still finds the service address here.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::bpf_sock,
+    helpers::generated::{bpf_get_socket_cookie, bpf_sk_storage_get},
+    programs::{SockAddrContext, SockContext},
+};
+use weft_common::{Addr, RevNatKey, RevNatValue, SOCK_NAT_SLOTS, SockNat, SockNatEntry, counter};
+
+use crate::{
+    maps::{REVNAT, SOCK_NAT, count},
+    sock_addr::Peer,
+};
+
+/// Notes a new or changed translation in the socket's record (created on first use).
+#[inline(always)]
+pub fn remember(ctx: &SockAddrContext, peer: &Peer, translation: &RevNatValue) {
+    let record = SOCK_NAT.get_or_insert_ptr_mut(ctx, None);
+    if record.is_null() {
+        // No memory for the record: the entry then lives until the LRU evicts it.
+        return;
+    }
+    // SAFETY: the kernel returned this socket's storage; it stays valid for this run.
+    let record = unsafe { &mut *record };
+    let entry = SockNatEntry {
+        endpoint: peer.endpoint,
+        endpoint_port: peer.endpoint_port,
+        family: peer.family.tag(),
+        _pad: 0,
+        service: *translation,
+    };
+    let mut slot = record.written as usize % SOCK_NAT_SLOTS;
+    let mut known = false;
+    for (i, existing) in record.entries.iter().enumerate() {
+        if i < record.written as usize && same_endpoint(existing, &entry) {
+            slot = i;
+            known = true;
+        }
+    }
+    // Past SOCK_NAT_SLOTS endpoints the oldest slot is reused: that endpoint's shared entry
+    // then lives until the LRU evicts it.
+    record.entries[slot] = entry;
+    if !known {
+        record.written = record.written.wrapping_add(1);
+    }
+}
+
+/// The service address behind `peer`, from the socket's own record: the fallback when the
+/// shared reverse-NAT entry is gone.
+#[inline(always)]
+pub fn recall(ctx: &SockAddrContext, peer: &Addr, port: u16, family: u8) -> Option<RevNatValue> {
+    let record = SOCK_NAT.get_ptr_mut(ctx);
+    if record.is_null() {
+        return None;
+    }
+    // SAFETY: as in `remember`.
+    let record = unsafe { &*record };
+    let wanted = SockNatEntry {
+        endpoint: *peer,
+        endpoint_port: port,
+        family,
+        ..SockNatEntry::default()
+    };
+    let mut found = None;
+    for (i, entry) in record.entries.iter().enumerate() {
+        if i < record.written as usize && same_endpoint(entry, &wanted) {
+            found = Some(entry.service);
+        }
+    }
+    found
+}
+
+/// The socket is being released: its reverse-NAT entries go with it. An entry already gone
+/// was evicted from the full LRU while the socket lived; that is counted.
+#[inline(always)]
+pub fn forget(ctx: &SockContext) {
+    let sk: *mut bpf_sock = ctx.sock;
+    // SAFETY: the map pointer is the map's own definition (what the loader relocates);
+    // sock_release programs may look up storage of the socket they run for, without creating.
+    let record = unsafe {
+        bpf_sk_storage_get(
+            (&raw const SOCK_NAT).cast_mut().cast::<c_void>(),
+            sk.cast(),
+            core::ptr::null_mut(),
+            0,
+        )
+    }
+    .cast::<SockNat>();
+    if record.is_null() {
+        return;
+    }
+    // SAFETY: as in `remember`; plain helper call valid for cgroup sock programs.
+    let (record, cookie) = unsafe { (&*record, bpf_get_socket_cookie(ctx.as_ptr())) };
+    for (i, entry) in record.entries.iter().enumerate() {
+        if i >= record.written as usize {
+            break;
+        }
+        let key = RevNatKey::new(cookie, entry.endpoint, entry.endpoint_port, entry.family);
+        if REVNAT.remove(&key).is_err() {
+            count(counter::REVNAT_EVICTED);
+        }
+    }
+}
+
+#[inline(always)]
+fn same_endpoint(a: &SockNatEntry, b: &SockNatEntry) -> bool {
+    a.endpoint == b.endpoint && a.endpoint_port == b.endpoint_port && a.family == b.family
+}
