@@ -26,7 +26,8 @@ struct Cli {
 enum Command {
     /// Run the agent: load the kernel programs and keep their maps equal to the config.
     Agent(AgentArgs),
-    /// Detach and remove everything weft installed under the bpffs directory.
+    /// Detach and remove everything weft installed under the bpffs directory. Stop the agent
+    /// first: a running agent notices within a second and installs everything again.
     Reset {
         #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
         bpffs_dir: PathBuf,

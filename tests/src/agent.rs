@@ -114,6 +114,21 @@ impl Agent {
         })
     }
 
+    /// GET `path` from the admin API over its unix socket: (status code, body).
+    pub fn admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        admin_get(&self.admin_socket(), path)
+    }
+
+    /// The agent's peak resident memory (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("agent running").id()
     }
@@ -185,4 +200,23 @@ impl Drop for Agent {
         let _ = self.reset();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// One HTTP/1.0 GET over a unix socket: (status code, body).
+pub fn admin_get(socket: &std::path::Path, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: weft\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("not an HTTP response"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status code"))?;
+    Ok((status, body.to_string()))
 }

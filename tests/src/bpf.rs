@@ -99,3 +99,55 @@ pub fn pinned_map_ids(dir: &Path) -> Vec<u32> {
         })
         .unwrap_or_default()
 }
+
+/// A pinned hash map (LRU or not) of `weft`'s, seen as raw key and value bytes: the tests
+/// write and count entries behind the agent's back, as a foreign writer or a full kernel
+/// table would.
+pub struct RawMap<const K: usize, const V: usize> {
+    map: aya::maps::HashMap<aya::maps::MapData, [u8; K], [u8; V]>,
+}
+
+impl<const K: usize, const V: usize> RawMap<K, V> {
+    pub fn open(path: &Path) -> Self {
+        let data = aya::maps::MapData::from_pin(path)
+            .unwrap_or_else(|e| panic!("opening pinned map {}: {e}", path.display()));
+        let lru = aya::maps::MapInfo::from_pin(path)
+            .map(|info| matches!(info.map_type(), Ok(aya::maps::MapType::LruHash)))
+            .unwrap_or(false);
+        let map = if lru {
+            aya::maps::Map::LruHashMap(data)
+        } else {
+            aya::maps::Map::HashMap(data)
+        };
+        RawMap {
+            map: aya::maps::HashMap::try_from(map)
+                .unwrap_or_else(|e| panic!("{} as a hash map: {e}", path.display())),
+        }
+    }
+
+    pub fn insert(&mut self, key: [u8; K], value: [u8; V]) -> std::io::Result<()> {
+        self.map
+            .insert(&key, &value, 0)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+
+    pub fn remove(&mut self, key: &[u8; K]) {
+        self.map.remove(key).expect("removing a map entry");
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.keys().filter(Result::is_ok).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Pins the map pinned at `from` again at `to` (a bpffs path that is then not free).
+pub fn pin_again(from: &Path, to: &Path) {
+    let map = aya::maps::MapData::from_pin(from)
+        .unwrap_or_else(|e| panic!("opening pinned map {}: {e}", from.display()));
+    map.pin(to)
+        .unwrap_or_else(|e| panic!("pinning at {}: {e}", to.display()));
+}

@@ -269,3 +269,526 @@ fn beyond_the_reverse_nat_capacity_replies_still_show_the_service_and_evictions_
     );
     env.agent.take();
 }
+
+const WEB: &str = "10.96.0.10:80";
+
+fn web_config(weights: (u16, u16)) -> String {
+    format!(
+        "services:
+  - name: web
+    address: 10.96.0.10
+    port: 80
+    health: {{ kind: none }}
+    endpoints:
+      - {{ address: 127.0.0.2, port: 8080, weight: {} }}
+      - {{ address: 127.0.0.3, port: 8080, weight: {} }}
+",
+        weights.0, weights.1
+    )
+}
+
+fn env_with_web(name: &str, weights: (u16, u16)) -> Option<Env> {
+    let mut env = weft_tests::setup(name)?;
+    env.backends.tcp(&env.netns, "127.0.0.2:8080", "a");
+    env.backends.tcp(&env.netns, "127.0.0.3:8080", "b");
+    env.start_agent(&web_config(weights));
+    Some(env)
+}
+
+/// Time from now until `streak` connects in a row reach `backend` (at most `limit`).
+fn until_connects_reach(env: &Env, backend: &'static str, limit: Duration) -> Duration {
+    let service: SocketAddr = WEB.parse().unwrap();
+    let started = Instant::now();
+    env.client(move || {
+        let mut streak = 0;
+        while streak < 20 {
+            assert!(
+                started.elapsed() < limit,
+                "connects did not reach {backend} within {limit:?}"
+            );
+            match weft_tests::client::connect_once(service) {
+                Ok((name, _, _)) if name == backend => streak += 1,
+                _ => streak = 0,
+            }
+        }
+        started.elapsed()
+    })
+}
+
+/// A reverse-NAT map filled to capacity with entries of sockets that do not exist, so that
+/// anything walking it per request is slow.
+fn fill_revnat(env: &Env) {
+    let path = env.agent().bpffs_dir.join("maps/WEFT_REVNAT_V1");
+    let mut map = weft_tests::bpf::RawMap::<32, 28>::open(&path);
+    for cookie in 1..=131_072u64 {
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&(u64::MAX - cookie).to_ne_bytes());
+        map.insert(key, [0u8; 28]).expect("filling WEFT_REVNAT_V1");
+    }
+}
+
+#[test]
+fn a_burst_of_admin_and_metrics_requests_does_not_delay_a_weight_change() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+    let Some(env) = env_with_web("harden-burst", (1, 0)) else {
+        return;
+    };
+    fill_revnat(&env);
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    const CLIENTS: usize = 1000;
+    let socket = env.agent().admin_socket();
+    let burst: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (stop, answered, socket) =
+                (Arc::clone(&stop), Arc::clone(&answered), socket.clone());
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                // Bounded: until told, or 60 s whatever happens.
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+                    if weft_tests::agent::admin_get(&socket, "/v1/status").is_ok() {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let in_flight_before = answered.load(Ordering::Relaxed);
+    env.agent().write_config(&web_config((0, 1)));
+    let weight_change = until_connects_reach(&env, "b", Duration::from_secs(30));
+    let scrape_started = Instant::now();
+    let (status, body) = weft_tests::metrics::get(&env.netns, "/metrics");
+    let scrape = scrape_started.elapsed();
+    let answered_during = answered.load(Ordering::Relaxed) - in_flight_before;
+    stop.store(true, Ordering::Relaxed);
+    burst
+        .into_iter()
+        .for_each(|t| t.join().expect("burst client"));
+    println!(
+        "{CLIENTS} concurrent GET /v1/status with WEFT_REVNAT_V1 full: weight change used after \
+         {:.0} ms, a scrape answered in {:.0} ms ({} status answers meanwhile)",
+        weight_change.as_secs_f64() * 1000.0,
+        scrape.as_secs_f64() * 1000.0,
+        answered_during
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        weight_change < Duration::from_secs(1),
+        "weight change took {weight_change:?}"
+    );
+    assert!(scrape < Duration::from_secs(1), "scrape took {scrape:?}");
+    assert!(answered_during > 0, "the burst got no answers");
+}
+
+/// Services `s0..` at 10.100.0.0 + i, each with one endpoint; `moved` puts service 7 at
+/// 10.200.0.7 instead, `late` adds one more service at 10.200.1.1.
+fn many_services(count: usize, moved: bool, late: bool) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::from("services:\n");
+    for i in 0..count {
+        let address = if moved && i == 7 {
+            "10.200.0.7".to_string()
+        } else {
+            format!("10.{}.{}.{}", 100 + (i >> 16), (i >> 8) & 255, i & 255)
+        };
+        let _ = writeln!(
+            text,
+            "  - {{ name: s{i}, address: {address}, port: 80, health: {{ kind: none }}, endpoints: [ {{ address: 127.0.0.2, port: 8080 }} ] }}"
+        );
+    }
+    if late {
+        text.push_str("  - { name: late, address: 10.200.1.1, port: 80, health: { kind: none }, endpoints: [ { address: 127.0.0.2, port: 8080 } ] }\n");
+    }
+    text
+}
+
+fn connect_kind(env: &Env, target: &str) -> Result<String, std::io::ErrorKind> {
+    let target: SocketAddr = target.parse().unwrap();
+    env.client(move || {
+        weft_tests::client::connect_once(target)
+            .map(|(name, _, _)| name)
+            .map_err(|e| e.kind())
+    })
+}
+
+#[test]
+fn a_full_service_map_never_loses_a_service_and_what_could_not_be_installed_is_retried() {
+    let Some(mut env) = weft_tests::setup("harden-full") else {
+        return;
+    };
+    env.backends.tcp(&env.netns, "127.0.0.2:8080", "a");
+    const CAPACITY: usize = 65_536;
+    env.start_agent(&many_services(CAPACITY, false, false));
+    let services_map = env.agent().bpffs_dir.join("maps/WEFT_SERVICE_V1");
+    assert_eq!(connect_kind(&env, "10.100.0.7:80"), Ok("a".into()));
+
+    // Moving one service with the map full: the old entry makes room for the new one.
+    let mark = env.agent().log_mark();
+    env.agent()
+        .write_config(&many_services(CAPACITY, true, false));
+    let applied = env
+        .agent_mut()
+        .wait_for_log(mark, "config applied", Duration::from_secs(60));
+    assert!(applied.contains("\"failures\":0"), "{applied}");
+    assert_eq!(
+        connect_kind(&env, "10.200.0.7:80"),
+        Ok("a".into()),
+        "moved service"
+    );
+    assert!(
+        connect_kind(&env, "10.100.0.7:80").is_err(),
+        "the old address is no service any more"
+    );
+    let status = env.agent().cli_json(&["status"]);
+    assert_eq!(status["services_installed"], CAPACITY as u64, "{status}");
+    let in_kernel = weft_tests::bpf::RawMap::<20, 16>::open(&services_map).len();
+    assert_eq!(in_kernel, CAPACITY, "entries in WEFT_SERVICE_V1");
+
+    // One service fewer, then a foreign entry fills the map: a new service cannot be written.
+    let mark = env.agent().log_mark();
+    env.agent()
+        .write_config(&many_services(CAPACITY - 1, true, false));
+    env.agent_mut()
+        .wait_for_log(mark, "config applied", Duration::from_secs(60));
+    let mut foreign_key = [0u8; 20];
+    foreign_key[..4].copy_from_slice(&[192, 0, 2, 1]);
+    foreign_key[16..].copy_from_slice(&[0, 9, 6, 4]);
+    weft_tests::bpf::RawMap::<20, 16>::open(&services_map)
+        .insert(foreign_key, [0u8; 16])
+        .expect("a foreign entry fills the map");
+    let failures_before = weft_tests::metrics::scrape(&env.netns)
+        .value("weft_config_reloads_total", &[("result", "failure")]);
+    let mark = env.agent().log_mark();
+    env.agent()
+        .write_config(&many_services(CAPACITY - 1, true, true));
+    let applied = env
+        .agent_mut()
+        .wait_for_log(mark, "config applied", Duration::from_secs(60));
+    assert!(applied.contains("\"failures\":1"), "{applied}");
+    let status = env.agent().cli_json(&["status"]);
+    println!("map full, a new service waits: {}", status["not_installed"]);
+    assert_eq!(status["services"], CAPACITY as u64);
+    assert_eq!(status["services_installed"], (CAPACITY - 1) as u64);
+    let not_installed = status["not_installed"].to_string();
+    assert!(
+        not_installed.contains("service late: map WEFT_SERVICE_V1 is full"),
+        "{not_installed}"
+    );
+    let services = env.agent().cli_json(&["services"]);
+    let late = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "late")
+        .expect("late is configured");
+    assert_eq!(late["installed"], false, "{late}");
+    let scrape = weft_tests::metrics::scrape(&env.netns);
+    assert_eq!(scrape.value("weft_services_not_installed", &[]), 1.0);
+    assert_eq!(
+        scrape.value("weft_config_reloads_total", &[("result", "failure")]),
+        failures_before + 1.0,
+        "a reload that could not be installed is not a success"
+    );
+
+    // Room again: the agent's retry installs it without any config change.
+    let mark = env.agent().log_mark();
+    weft_tests::bpf::RawMap::<20, 16>::open(&services_map).remove(&foreign_key);
+    let retried = Instant::now();
+    let line = env
+        .agent_mut()
+        .wait_for_log(mark, "retry applied", Duration::from_secs(30));
+    println!(
+        "installed by a retry {:.1} s after room was made: {line}",
+        retried.elapsed().as_secs_f64()
+    );
+    assert!(line.contains("\"failures\":0"), "{line}");
+    assert_eq!(connect_kind(&env, "10.200.1.1:80"), Ok("a".into()));
+    let status = env.agent().cli_json(&["status"]);
+    assert_eq!(status["services_installed"], CAPACITY as u64);
+    assert_eq!(status["not_installed"], serde_json::json!([]));
+}
+
+/// The agent's log lines after `mark` that mention a rejected config.
+fn rejections(env: &Env, mark: usize) -> Vec<String> {
+    env.agent().log_text()[mark..]
+        .lines()
+        .filter(|l| l.contains("config rejected"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_rejected_config_is_quoted_in_a_short_excerpt() {
+    let Some(mut env) = env_with_web("harden-excerpt", (1, 0)) else {
+        return;
+    };
+    // 50 MB of text: over the size limit, refused without reading it.
+    let mark = env.agent().log_mark();
+    env.agent().write_config(&"x".repeat(50 << 20));
+    env.agent_mut()
+        .wait_for_log(mark, "config rejected", Duration::from_secs(30));
+    // A 10 MB value under the limit: the parser's message quotes it, cut short.
+    env.agent()
+        .write_config(&format!("services: \"{}\"\n", "y".repeat(10 << 20)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rejections(&env, mark).len() < 2 {
+        assert!(Instant::now() < deadline, "second rejection not logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines = rejections(&env, mark);
+    for line in &lines {
+        println!("rejection logged in {} bytes: {line}", line.len());
+        assert!(line.len() < 2000, "a {} byte log line", line.len());
+    }
+    assert!(
+        lines[0].contains("over the limit of 33554432 bytes"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].contains("more bytes"), "{}", lines[1]);
+    let peak = env.agent().peak_rss_mib();
+    println!("agent peak RSS {peak:.1} MiB");
+    assert!(peak < 150.0, "peak RSS {peak:.1} MiB");
+    // The running config still serves.
+    until_connects_reach(&env, "a", Duration::from_secs(5));
+}
+
+/// The longest /healthz answer while `work` runs, polling every 10 ms.
+fn slowest_healthz_during(env: &mut Env, work: impl FnOnce(&mut Env)) -> Duration {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let stop = Arc::clone(&stop);
+        env.netns.spawn(move || {
+            let mut slowest = Duration::ZERO;
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+                let asked = Instant::now();
+                let ok = std::net::TcpStream::connect(weft_tests::metrics::METRICS_ADDR)
+                    .and_then(|mut s| {
+                        use std::io::{Read as _, Write as _};
+                        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+                        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")?;
+                        let mut out = String::new();
+                        s.read_to_string(&mut out)?;
+                        Ok(out.contains(" 200 "))
+                    })
+                    .unwrap_or(false);
+                assert!(ok, "/healthz did not answer 200");
+                slowest = slowest.max(asked.elapsed());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            slowest
+        })
+    };
+    work(env);
+    stop.store(true, Ordering::Relaxed);
+    poller.join().expect("healthz poller")
+}
+
+#[test]
+fn a_yaml_alias_bomb_is_refused_before_it_costs_anything() {
+    let Some(mut env) = env_with_web("harden-alias", (1, 0)) else {
+        return;
+    };
+    // One service's 1,000 endpoints anchored, and 10,000 services aliasing them: 10 million
+    // endpoints from a file of about a hundred kilobytes.
+    let mut bomb = String::from(
+        "services:\n  - name: s0\n    address: 10.97.0.1\n    port: 80\n    endpoints: &s\n",
+    );
+    for i in 0..1000 {
+        bomb.push_str(&format!(
+            "      - {{ address: 10.1.{}.{}, port: 80 }}\n",
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    for i in 1..10_000 {
+        bomb.push_str(&format!(
+            "  - {{ name: s{i}, address: 10.98.{}.{}, port: 80, endpoints: *s }}\n",
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    println!("alias file: {} KB", bomb.len() / 1000);
+    let mark = env.agent().log_mark();
+    let mut took = Duration::ZERO;
+    let slowest = slowest_healthz_during(&mut env, |env| {
+        let written = Instant::now();
+        env.agent().write_config(&bomb);
+        while rejections(env, mark).is_empty() {
+            assert!(written.elapsed() < Duration::from_secs(60), "no rejection");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        took = written.elapsed();
+    });
+    let line = &rejections(&env, mark)[0];
+    let peak = env.agent().peak_rss_mib();
+    println!(
+        "alias bomb rejected {:.0} ms after the write, peak RSS {peak:.1} MiB, slowest /healthz {:.0} ms, log line {} bytes",
+        took.as_secs_f64() * 1000.0,
+        slowest.as_secs_f64() * 1000.0,
+        line.len()
+    );
+    assert!(
+        line.contains("YAML aliases would expand the file"),
+        "{line}"
+    );
+    assert!(line.len() < 2000);
+    assert!(took < Duration::from_secs(2), "rejection took {took:?}");
+    assert!(peak < 150.0, "peak RSS {peak:.1} MiB");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "/healthz took {slowest:?}"
+    );
+
+    // A large legitimate config (10,000 services): health checks answer while it parses.
+    use std::fmt::Write as _;
+    let mut large = web_config((1, 0));
+    for s in 0..10_000 {
+        let _ = writeln!(
+            large,
+            "  - {{ name: bulk-{s}, address: 10.99.{}.{}, port: 80, health: {{ kind: none }}, endpoints: [ {{ address: 10.2.{}.{}, port: 80 }}, {{ address: 10.3.{}.{}, port: 80 }} ] }}",
+            s / 250,
+            s % 250 + 1,
+            s / 250,
+            s % 250 + 1,
+            s / 250,
+            s % 250 + 1
+        );
+    }
+    let mark = env.agent().log_mark();
+    let slowest = slowest_healthz_during(&mut env, |env| {
+        env.agent().write_config(&large);
+        env.agent_mut()
+            .wait_for_log(mark, "config applied", Duration::from_secs(60));
+    });
+    println!(
+        "slowest /healthz while a {:.1} MB config parsed and applied: {:.0} ms",
+        large.len() as f64 / 1e6,
+        slowest.as_secs_f64() * 1000.0
+    );
+    assert!(
+        slowest < Duration::from_millis(500),
+        "/healthz took {slowest:?}"
+    );
+}
+
+#[test]
+fn a_reset_under_a_running_agent_is_noticed_and_repaired() {
+    let Some(mut env) = env_with_web("harden-reset", (1, 0)) else {
+        return;
+    };
+    let mark = env.agent().log_mark();
+    let reset_at = Instant::now();
+    let output = env.agent().reset();
+    assert!(output.status.success(), "weft reset: {output:?}");
+    env.agent_mut()
+        .wait_for_log(mark, "reinstalling the datapath", Duration::from_secs(5));
+    let noticed = reset_at.elapsed();
+    env.agent_mut()
+        .wait_for_log(mark, "datapath back in place", Duration::from_secs(10));
+    let repaired = reset_at.elapsed();
+    let traffic = reset_at.elapsed() + until_connects_reach(&env, "a", Duration::from_secs(10));
+    println!(
+        "weft reset under a running agent: noticed after {:.2} s, reinstalled after {:.2} s, traffic back after {:.2} s",
+        noticed.as_secs_f64(),
+        repaired.as_secs_f64(),
+        traffic.as_secs_f64()
+    );
+    assert!(
+        noticed < Duration::from_secs(3),
+        "noticed after {noticed:?}"
+    );
+    let scrape = weft_tests::metrics::scrape(&env.netns);
+    assert_eq!(scrape.value("weft_datapath_reinstalls_total", &[]), 1.0);
+
+    // While it cannot reinstall (a pinned object where its maps directory belongs), it is
+    // not ready.
+    let bpffs = env.agent().bpffs_dir.clone();
+    let blocker = bpffs.join("maps");
+    let pid = env.agent().pid() as i32;
+    // SAFETY: plain kill(2) on our own child: stopped, it cannot race the test.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // Any map will do as the obstacle: one of the agent's, kept pinned outside its directory.
+    let kept = std::path::PathBuf::from(format!("/sys/fs/bpf/weft-harden-blocker-{pid}"));
+    weft_tests::bpf::pin_again(&bpffs.join("maps/WEFT_SETTINGS_V1"), &kept);
+    let output = env.agent().reset();
+    std::fs::create_dir_all(&bpffs).expect("recreating the bpffs directory");
+    weft_tests::bpf::pin_again(&kept, &blocker);
+    std::fs::remove_file(&kept).expect("unpinning the kept map");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let not_ready = wait_for_readyz(&env, 503, Duration::from_secs(5));
+    println!("while it cannot reinstall, /readyz: {not_ready}");
+    assert!(output.status.success());
+    assert!(not_ready.contains("datapath missing"), "{not_ready}");
+    assert_eq!(env.agent().cli_json(&["status"])["ready"], false);
+    std::fs::remove_file(&blocker).expect("unblocking");
+    wait_for_readyz(&env, 200, Duration::from_secs(5));
+    until_connects_reach(&env, "a", Duration::from_secs(5));
+}
+
+/// Polls /readyz until it answers `code`; returns its body.
+fn wait_for_readyz(env: &Env, code: u16, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (status, body) = weft_tests::metrics::get(&env.netns, "/readyz");
+        if status == code {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz answered {status} ({body}), not {code}, for {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn probes_that_cannot_get_a_local_port_say_so_and_leave_the_endpoint_alone() {
+    let Some(mut env) = weft_tests::setup("harden-ports") else {
+        return;
+    };
+    env.backends.tcp(&env.netns, "127.0.0.2:8080", "a");
+    env.start_agent(
+        "services:
+  - name: web
+    address: 10.96.0.10
+    port: 80
+    health: { kind: tcp, interval: 100ms, timeout: 100ms, unhealthy_threshold: 2 }
+    endpoints:
+      - { address: 127.0.0.2, port: 8080 }
+",
+    );
+    // Two local ports in this namespace, both held by connections to the endpoint: the
+    // agent's probes to it cannot get one.
+    let held = env.netns.run(|| {
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40001")
+            .expect("narrowing the local port range");
+        let target: SocketAddr = "127.0.0.2:8080".parse().unwrap();
+        (0..2)
+            .map(|_| std::net::TcpStream::connect(target).expect("holding a port"))
+            .collect::<Vec<_>>()
+    });
+    let mark = env.agent().log_mark();
+    let line = env
+        .agent_mut()
+        .wait_for_log(mark, "health probe not sent", Duration::from_secs(5));
+    println!("{line}");
+    assert!(line.contains("EADDRNOTAVAIL"), "{line}");
+    std::thread::sleep(Duration::from_millis(1000));
+    let services = env.agent().cli_json(&["services"]);
+    assert_eq!(
+        services[0]["endpoints"][0]["state"], "healthy",
+        "a probe that was never sent says nothing about the endpoint"
+    );
+    drop(held);
+}

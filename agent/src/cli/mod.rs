@@ -9,7 +9,9 @@ use std::{io::Write as _, path::PathBuf};
 use client::Client;
 use table::render;
 
-use crate::api::view::{ConnEventView, ConnView, EndpointRow, ServiceView, StatsView, StatusView};
+use crate::api::view::{
+    ConnEventView, ConnView, DatapathView, EndpointRow, ServiceView, StatsView, StatusView,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -124,16 +126,23 @@ async fn follow(client: &Client, path: &str, format: Format) -> anyhow::Result<(
 }
 
 fn status_table(s: &StatusView) -> String {
+    let datapath = match &s.datapath {
+        DatapathView::Installed => "installed".to_string(),
+        DatapathView::Missing(why) => format!("MISSING ({why})"),
+    };
     let mut out = format!(
         "weft {}  ready: {}  generation: {}  uptime: {}\n\
-         services: {}  endpoints: {}  live connections: {}  events lost: {}\n\
+         datapath: {datapath}\n\
+         services: {} ({} installed)  endpoints: {}  live connections: {}  events lost: {}\n\
+         reverse-NAT entries evicted while in use: {} ({} replies recovered)\n\
          config reloads: {} ok, {} failed\n\
-         panic mode: {}\n\nprograms attached:\n",
+         panic mode: {}\n",
         s.version,
         if s.ready { "yes" } else { "no" },
         s.generation,
         table::millis(s.uptime_s * 1000),
         s.services,
+        s.services_installed,
         s.endpoints,
         if s.connection_stats {
             s.connections.to_string()
@@ -141,6 +150,8 @@ fn status_table(s: &StatusView) -> String {
             "off (stats.connections: false)".to_string()
         },
         s.events_lost,
+        s.reverse_nat_evictions,
+        s.reverse_nat_recovered,
         s.config_reloads_ok,
         s.config_reloads_failed,
         if s.panicking.is_empty() {
@@ -149,6 +160,13 @@ fn status_table(s: &StatusView) -> String {
             s.panicking.join(", ")
         },
     );
+    if !s.not_installed.is_empty() {
+        out.push_str("not installed (retrying):\n");
+        for why in &s.not_installed {
+            out.push_str(&format!("  {why}\n"));
+        }
+    }
+    out.push_str("\nprograms attached:\n");
     for p in &s.programs {
         let how = if p.adopted {
             "adopted from the pinned link"

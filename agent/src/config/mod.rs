@@ -100,16 +100,21 @@ impl Config {
     }
 }
 
-/// A config file's bytes, refusing files over `MAX_FILE_BYTES` before reading them whole.
+/// A config file's bytes, refusing files over `MAX_FILE_BYTES` without reading them (and
+/// stopping at the limit if one grows while it is read).
 pub fn read_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
     let file = std::fs::File::open(path).map_err(ConfigError::Read)?;
-    let mut bytes = Vec::new();
+    let too_large = |bytes| Err(LimitError::TooLarge { bytes }.into());
+    let size = file.metadata().map_err(ConfigError::Read)?.len();
+    if size > limits::MAX_FILE_BYTES {
+        return too_large(size);
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
     file.take(limits::MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(ConfigError::Read)?;
     if bytes.len() as u64 > limits::MAX_FILE_BYTES {
-        let size = std::fs::metadata(path).map_or(bytes.len() as u64, |m| m.len());
-        return Err(LimitError::TooLarge { bytes: size }.into());
+        return too_large(bytes.len() as u64);
     }
     Ok(bytes)
 }
@@ -194,6 +199,16 @@ mod tests {
         let error = Config::parse(&text).unwrap_err().to_string();
         assert!(error.len() < 400, "{} bytes of error", error.len());
         assert!(error.contains("more bytes"), "{error}");
+    }
+
+    #[test]
+    fn a_parse_error_names_its_path_once() {
+        let error =
+            Config::parse("services:\n  - { name: a, address: 10.0.0.1, port: 80, limitz: 3 }\n")
+                .unwrap_err()
+                .to_string();
+        assert_eq!(error.matches("services[0]").count(), 1, "{error}");
+        assert!(error.contains("unknown field `limitz`"), "{error}");
     }
 
     #[test]

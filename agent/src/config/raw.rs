@@ -61,6 +61,19 @@ pub struct RawOutlier {
     pub max_ejection_percent: Option<i64>,
 }
 
+/// The YAML parser names the path in its message too (the field's parent, for an unknown
+/// field): say it once.
+fn without_path<'a>(message: &'a str, path: &str) -> &'a str {
+    match message.split_once(": ") {
+        Some((prefix, rest))
+            if !prefix.is_empty() && !prefix.contains(' ') && path.starts_with(prefix) =>
+        {
+            rest
+        }
+        _ => message,
+    }
+}
+
 pub fn parse(text: &str) -> Result<RawConfig, ConfigError> {
     limits::check_aliases(text)?;
     let has_content = text
@@ -78,6 +91,7 @@ pub fn parse(text: &str) -> Result<RawConfig, ConfigError> {
         let path = error.path().to_string();
         // serde_path_to_error renders the root as ".".
         let path = if path == "." { String::new() } else { path };
-        ConfigError::single(path, error.into_inner().to_string())
+        let message = error.into_inner().to_string();
+        ConfigError::single(&path, without_path(&message, &path))
     })
 }

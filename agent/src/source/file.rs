@@ -96,13 +96,19 @@ pub fn watch(path: PathBuf) -> Result<mpsc::Receiver<Update>, WatchError> {
             let bytes =
                 match tokio::task::spawn_blocking(move || config::read_file(&read_path)).await {
                     Ok(Ok(bytes)) => bytes,
-                    Ok(Err(error)) if first => {
-                        // Unreadable at start: the agent must not start on nothing.
-                        let _ = tx.send(Err(error)).await;
-                        break;
+                    // Mid-swap a file may be briefly missing: wait for the next change. At
+                    // start, though, the agent must not start on nothing.
+                    Ok(Err(ConfigError::Read(error))) if !first => {
+                        warn!(path = %path.display(), "config file unreadable: {error}");
+                        continue;
                     }
                     Ok(Err(error)) => {
-                        warn!(path = %path.display(), "config file unreadable: {error}");
+                        last_bytes = None;
+                        let at_start = first;
+                        first = false;
+                        if tx.send(Err(error)).await.is_err() || at_start {
+                            break;
+                        }
                         continue;
                     }
                     Err(_) => break,
