@@ -25,6 +25,8 @@ fn config(health: &str, endpoints: &[&str]) -> String {
     for addr in endpoints {
         text.push_str(&format!("      - {{ address: {addr}, port: 8080 }}\n"));
     }
+    // Per-endpoint series too: these tests check counts per endpoint.
+    text.push_str("stats: { endpoint_metrics: true }\n");
     text
 }
 
@@ -115,20 +117,28 @@ fn exact_bytes_show_live_and_in_the_metrics_after_close() {
     // Closed: the metrics moved by exactly what went over the wire.
     drop(stream);
     let after = scrape_until(&env, "the close event", |s| {
-        s.value("weft_tcp_connections_closed_total", &labels)
-            > before.value("weft_tcp_connections_closed_total", &labels)
+        s.value("weft_endpoint_tcp_connections_closed_total", &labels)
+            > before.value("weft_endpoint_tcp_connections_closed_total", &labels)
     });
     let delta = |name: &str| after.value(name, &labels) - before.value(name, &labels);
-    assert_eq!(delta("weft_tcp_sent_bytes_total"), SENT as f64);
-    assert_eq!(delta("weft_tcp_received_bytes_total"), RECEIVED as f64);
-    assert_eq!(delta("weft_tcp_connections_opened_total"), 1.0);
-    assert_eq!(delta("weft_tcp_connections_closed_total"), 1.0);
+    assert_eq!(delta("weft_endpoint_tcp_sent_bytes_total"), SENT as f64);
+    assert_eq!(delta("weft_endpoint_tcp_received_bytes_total"), RECEIVED as f64);
+    assert_eq!(delta("weft_endpoint_tcp_connections_opened_total"), 1.0);
+    assert_eq!(delta("weft_endpoint_tcp_connections_closed_total"), 1.0);
+    let web = [("service", "web")];
     assert_eq!(
-        delta("weft_tcp_connection_duration_seconds_count"),
+        after.value("weft_tcp_connection_duration_seconds_count", &web)
+            - before.value("weft_tcp_connection_duration_seconds_count", &web),
         1.0,
         "one duration observed"
     );
-    assert!(after.value("weft_tcp_srtt_seconds_sum", &labels) > 0.0);
+    assert!(after.value("weft_tcp_srtt_seconds_sum", &web) > 0.0);
+    // The service's own series moved by the same amounts.
+    assert_eq!(
+        after.value("weft_tcp_sent_bytes_total", &web)
+            - before.value("weft_tcp_sent_bytes_total", &web),
+        SENT as f64
+    );
 }
 
 #[test]
@@ -142,15 +152,15 @@ fn a_thousand_connections_are_counted_exactly_and_leave_the_table() {
     let tally = env.client(move || client::tally_tcp(service, 1000));
     assert_eq!(tally.values().sum::<usize>(), 1000);
     let after = scrape_until(&env, "1,000 closes", |s| {
-        s.value("weft_tcp_connections_closed_total", &labels)
-            - before.value("weft_tcp_connections_closed_total", &labels)
+        s.value("weft_endpoint_tcp_connections_closed_total", &labels)
+            - before.value("weft_endpoint_tcp_connections_closed_total", &labels)
             >= 1000.0
     });
     let delta = |name: &str| after.value(name, &labels) - before.value(name, &labels);
-    assert_eq!(delta("weft_tcp_connections_opened_total"), 1000.0);
-    assert_eq!(delta("weft_tcp_connections_closed_total"), 1000.0);
-    assert_eq!(delta("weft_tcp_connect_failures_total"), 0.0);
-    assert_eq!(after.value("weft_tcp_connections_open", &labels), 0.0);
+    assert_eq!(delta("weft_endpoint_tcp_connections_opened_total"), 1000.0);
+    assert_eq!(delta("weft_endpoint_tcp_connections_closed_total"), 1000.0);
+    assert_eq!(delta("weft_endpoint_tcp_connect_failures_total"), 0.0);
+    assert_eq!(after.value("weft_endpoint_tcp_connections_open", &labels), 0.0);
     assert_eq!(after.value("weft_events_lost_total", &[]), 0.0);
     let conns = env.agent().cli_json(&["conns"]);
     assert_eq!(conns, Value::Array(vec![]), "the live table is empty again");
@@ -185,19 +195,19 @@ fn refused_connects_are_counted_per_endpoint() {
     // Failures wake the agent at once, opened connections reach it on its next poll: wait
     // for both.
     let after = scrape_until(&env, "the failures and the opened counted", |s| {
-        s.value("weft_tcp_connect_failures_total", &dead) >= refused as f64
-            && s.value("weft_tcp_connections_opened_total", &web_a()) >= (300 - refused) as f64
+        s.value("weft_endpoint_tcp_connect_failures_total", &dead) >= refused as f64
+            && s.value("weft_endpoint_tcp_connections_opened_total", &web_a()) >= (300 - refused) as f64
     });
     assert_eq!(
-        after.value("weft_tcp_connect_failures_total", &dead),
+        after.value("weft_endpoint_tcp_connect_failures_total", &dead),
         refused as f64
     );
     assert_eq!(
-        after.value("weft_tcp_connect_failures_total", &web_a()),
+        after.value("weft_endpoint_tcp_connect_failures_total", &web_a()),
         0.0
     );
     assert_eq!(
-        after.value("weft_tcp_connections_opened_total", &web_a()),
+        after.value("weft_endpoint_tcp_connections_opened_total", &web_a()),
         (300 - refused) as f64
     );
     let endpoints = env.agent().cli_json(&["endpoints", "web"]);
@@ -216,9 +226,9 @@ fn connection_stats_off_keeps_no_records_but_still_reports_failed_connects() {
         return;
     };
     env.backends.tcp(&env.netns, "127.0.0.2:8080", "a");
-    let off = format!(
-        "{}stats: {{ connections: false }}\n",
-        config("{ kind: none }", &["127.0.0.2", "127.0.0.5"])
+    let off = config("{ kind: none }", &["127.0.0.2", "127.0.0.5"]).replace(
+        "stats: { endpoint_metrics: true }",
+        "stats: { endpoint_metrics: true, connections: false }",
     );
     env.start_agent(&off);
     assert_eq!(env.agent().cli_json(&["status"])["connection_stats"], false);
@@ -244,10 +254,10 @@ fn connection_stats_off_keeps_no_records_but_still_reports_failed_connects() {
     );
     let dead = [("service", "web"), ("endpoint", "127.0.0.5:8080")];
     let after = scrape_until(&env, "the refused connects counted", |s| {
-        s.value("weft_tcp_connect_failures_total", &dead) >= refused as f64
+        s.value("weft_endpoint_tcp_connect_failures_total", &dead) >= refused as f64
     });
     assert_eq!(
-        after.value("weft_tcp_connect_failures_total", &dead),
+        after.value("weft_endpoint_tcp_connect_failures_total", &dead),
         refused as f64,
         "passive failure detection still sees every refused connect"
     );
@@ -257,8 +267,8 @@ fn connection_stats_off_keeps_no_records_but_still_reports_failed_connects() {
         0.0
     );
     assert_eq!(
-        after.value("weft_tcp_connections_opened_total", &web_a()),
-        before.value("weft_tcp_connections_opened_total", &web_a()),
+        after.value("weft_endpoint_tcp_connections_opened_total", &web_a()),
+        before.value("weft_endpoint_tcp_connections_opened_total", &web_a()),
         "no opened events"
     );
     // Closing still removes each socket's reverse-NAT entry.
@@ -275,8 +285,8 @@ fn connection_stats_off_keeps_no_records_but_still_reports_failed_connects() {
     assert_eq!(env.agent().cli_json(&["status"])["connection_stats"], true);
     let opened = env.client(move || client::tally_tcp(service, 10).values().sum::<usize>());
     scrape_until(&env, "ten opened connections counted", |s| {
-        s.value("weft_tcp_connections_opened_total", &web_a())
-            - after.value("weft_tcp_connections_opened_total", &web_a())
+        s.value("weft_endpoint_tcp_connections_opened_total", &web_a())
+            - after.value("weft_endpoint_tcp_connections_opened_total", &web_a())
             == opened as f64
     });
 }
@@ -303,8 +313,8 @@ fn a_burst_that_overruns_the_ring_is_counted_as_lost_and_the_agent_carries_on() 
     assert_eq!(tally.values().sum::<usize>(), CONNECTIONS);
 
     let events = |s: &Scrape| {
-        s.value("weft_tcp_connections_opened_total", &labels)
-            + s.value("weft_tcp_connections_closed_total", &labels)
+        s.value("weft_endpoint_tcp_connections_opened_total", &labels)
+            + s.value("weft_endpoint_tcp_connections_closed_total", &labels)
             + s.value("weft_events_lost_total", &[])
     };
     let expected = events(&before) + 2.0 * CONNECTIONS as f64;
@@ -321,10 +331,10 @@ fn a_burst_that_overruns_the_ring_is_counted_as_lost_and_the_agent_carries_on() 
     );
 
     // Still running, still counting, memory bounded.
-    let more_before = after.value("weft_tcp_connections_opened_total", &labels);
+    let more_before = after.value("weft_endpoint_tcp_connections_opened_total", &labels);
     env.client(move || client::tally_tcp(service, 10));
     scrape_until(&env, "new connections counted after the overrun", |s| {
-        s.value("weft_tcp_connections_opened_total", &labels) >= more_before + 10.0
+        s.value("weft_endpoint_tcp_connections_opened_total", &labels) >= more_before + 10.0
     });
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let rss_kb: u64 = status
@@ -346,20 +356,37 @@ fn metrics_pass_promtool_and_health_endpoints_answer() {
     let service: SocketAddr = SERVICE.parse().unwrap();
     env.client(move || client::tally_tcp(service, 5));
     let scrape = scrape_until(&env, "five closes", |s| {
-        s.value("weft_tcp_connections_closed_total", &web_a()) >= 5.0
+        s.value("weft_endpoint_tcp_connections_closed_total", &web_a()) >= 5.0
     });
+    for name in [
+        "weft_endpoint_tcp_connections_opened_total",
+        "weft_endpoint_tcp_connections_closed_total",
+        "weft_endpoint_tcp_sent_bytes_total",
+        "weft_endpoint_tcp_received_bytes_total",
+        "weft_endpoint_tcp_connections_open",
+        "weft_endpoint_effective_weight",
+    ] {
+        assert!(
+            scrape.find(name, &web_a()).is_some(),
+            "{name} missing:\n{}",
+            scrape.0
+        );
+    }
     for name in [
         "weft_tcp_connections_opened_total",
         "weft_tcp_connections_closed_total",
+        "weft_tcp_connect_failures_total",
         "weft_tcp_sent_bytes_total",
         "weft_tcp_received_bytes_total",
         "weft_tcp_connections_open",
         "weft_tcp_connection_duration_seconds_count",
         "weft_tcp_srtt_seconds_count",
-        "weft_endpoint_effective_weight",
+        "weft_service_panic",
+        "weft_service_endpoints",
+        "weft_service_endpoints_usable",
     ] {
         assert!(
-            scrape.find(name, &web_a()).is_some(),
+            scrape.find(name, &[("service", "web")]).is_some(),
             "{name} missing:\n{}",
             scrape.0
         );

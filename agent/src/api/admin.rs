@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio::{net::UnixListener, sync::broadcast::error::RecvError};
 use tracing::warn;
 
-use super::{ApiError, Shared};
+use super::{ApiError, Shared, event_view};
 
 #[derive(Deserialize)]
 struct ServiceFilter {
@@ -76,7 +76,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn services(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    Json(shared.snapshot().services.clone())
+    Json(shared.services())
 }
 
 async fn endpoints(
@@ -110,8 +110,8 @@ async fn follow(
         |(mut events, service)| async move {
             loop {
                 match events.recv().await {
-                    Ok(e) if service.as_ref().is_none_or(|s| *s == e.conn.service) => {
-                        let mut line = serde_json::to_vec(&e).unwrap_or_default();
+                    Ok(e) if service.as_deref().is_none_or(|s| s == &*e.service) => {
+                        let mut line = serde_json::to_vec(&event_view(&e)).unwrap_or_default();
                         line.push(b'\n');
                         return Some((
                             Ok::<_, std::io::Error>(Bytes::from(line)),

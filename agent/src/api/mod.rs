@@ -1,5 +1,6 @@
 //! The agent's listeners: the admin API on a unix socket and the Prometheus endpoint, both
-//! reading what the daemon publishes in `Shared`. `view` holds the JSON types the CLI shares.
+//! only reading what the others publish (`Shared`). `view` holds the JSON types the CLI
+//! shares.
 
 pub mod admin;
 pub mod metrics;
@@ -9,8 +10,8 @@ pub mod view;
 
 use std::{net::SocketAddr, path::PathBuf};
 
-pub use shared::{DatapathHealth, KernelSample, Resolved, Shared, labels};
-pub use snapshot::{InstalledCounts, Snapshot};
+pub use shared::{Shared, event_view};
+pub use snapshot::{AgentInfo, DatapathHealth};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -12,6 +12,8 @@ pub struct ServiceView {
     pub address: IpAddr,
     pub port: u16,
     pub protocol: String,
+    /// Where the service is defined: a file path, or `namespace/name` in Kubernetes.
+    pub origin: String,
     /// Too little healthy weight: every endpoint gets traffic by configured weight.
     pub panic: bool,
     /// The kernel holds an entry for this service (false while it could not be written:
@@ -117,10 +119,16 @@ pub struct StatusView {
     pub services_installed: usize,
     /// Services not brought to their configured state, with why (the agent retries them).
     pub not_installed: Vec<String>,
+    /// Definitions not in force because another origin holds their name or frontend.
+    pub conflicts: Vec<String>,
+    /// Whether map writes go in batches (kernels without batch operations: one by one).
+    pub batched_writes: bool,
     pub endpoints: usize,
     pub connections: usize,
     /// Per-connection records and events on (`stats.connections` in the config).
     pub connection_stats: bool,
+    /// Metric series per endpoint as well as per service (`stats.endpoint_metrics`).
+    pub endpoint_metrics: bool,
     pub panicking: Vec<String>,
     pub events_lost: u64,
     /// Reverse-NAT entries the kernel evicted while their socket was open (map full).

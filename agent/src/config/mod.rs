@@ -6,32 +6,78 @@ pub mod limits;
 mod raw;
 mod validate;
 
-use std::{io::Read as _, net::IpAddr, path::Path, time::Duration};
+use std::{
+    fmt,
+    io::Read as _,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
 
 pub use error::{ConfigError, FieldError};
 pub use limits::LimitError;
 
-/// A validated configuration: every value is in range and consistent.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One validated config file: every value is in range and consistent. (A config directory
+/// is many of these; Kubernetes objects map to the same `ServiceSpec`.)
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Config {
-    pub services: Vec<Service>,
-    /// Per-connection records, events and counters (`stats.connections`, default on). Off,
-    /// the kernel still reports failed connects, for passive failure detection.
-    pub connection_stats: bool,
+    pub services: Vec<Arc<ServiceSpec>>,
+    /// The agent-wide `stats:` block, if this file holds it.
+    pub stats: Option<StatsSettings>,
 }
 
+/// Agent-wide statistics switches (`stats:`; at most one file of a directory holds them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatsSettings {
+    /// Per-connection records, events and counters (`connections`, default on). Off, the
+    /// kernel still reports failed connects, for passive failure detection.
+    pub connections: bool,
+    /// Metric series per endpoint as well as per service (`endpoint_metrics`, default off:
+    /// at 100,000 endpoints they would cost more memory than the rest of the agent).
+    pub endpoint_metrics: bool,
+}
+
+impl Default for StatsSettings {
+    fn default() -> Self {
+        StatsSettings {
+            connections: true,
+            endpoint_metrics: false,
+        }
+    }
+}
+
+/// One service as a source defines it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Service {
-    pub name: String,
-    pub address: IpAddr,
-    pub port: u16,
-    pub protocol: Protocol,
-    pub endpoints: Vec<Endpoint>,
-    pub health: HealthCheck,
+pub struct ServiceSpec {
+    pub name: Arc<str>,
+    pub frontend: Frontend,
+    pub endpoints: Vec<EndpointSpec>,
+    /// Shared between services whose checks are the same.
+    pub health: Arc<HealthCheck>,
     pub outlier: Option<Outlier>,
     /// Percent of configured weight that must be healthy; below it every endpoint gets
     /// traffic by configured weight (Envoy's panic threshold). 0 turns it off.
     pub panic_threshold: u8,
+}
+
+/// Where clients reach a service: the service map's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend {
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for Frontend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            std::net::SocketAddr::new(self.address, self.port),
+            self.protocol.as_str()
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -50,14 +96,13 @@ impl Protocol {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Endpoint {
-    pub address: IpAddr,
-    pub port: u16,
+pub struct EndpointSpec {
+    pub address: SocketAddr,
     /// 0 drains the endpoint: no new connections.
     pub weight: u16,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HealthCheck {
     pub probe: Probe,
     pub interval: Duration,
@@ -66,7 +111,7 @@ pub struct HealthCheck {
     pub unhealthy_threshold: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Probe {
     Tcp,
     Http { path: String },
@@ -170,6 +215,18 @@ mod tests {
     }
 
     #[test]
+    fn identical_health_checks_are_shared() {
+        let config = Config::parse(
+            "services:\n  - { name: a, address: 10.96.0.1, port: 80, health: { kind: tcp, interval: 2s } }\n  - { name: b, address: 10.96.0.2, port: 80, health: { kind: tcp, interval: 2s } }\n",
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(
+            &config.services[0].health,
+            &config.services[1].health
+        ));
+    }
+
+    #[test]
     fn shipped_default_config_is_valid() {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../weft.yaml");
         let config = Config::load(&path).expect("weft.yaml");
@@ -190,7 +247,7 @@ mod tests {
             "UDP has no default connect probe"
         );
         assert_eq!(service.outlier, None);
-        assert!(config.connection_stats, "connection statistics default on");
+        assert_eq!(config.stats, None, "no stats block");
     }
 
     #[test]
@@ -236,7 +293,13 @@ mod tests {
     #[test]
     fn connection_stats_can_be_turned_off() {
         let config = Config::parse("services: []\nstats: { connections: false }\n").unwrap();
-        assert!(!config.connection_stats);
+        assert_eq!(
+            config.stats,
+            Some(StatsSettings {
+                connections: false,
+                endpoint_metrics: false
+            })
+        );
         let error = Config::parse("services: []\nstats: { connection: false }\n")
             .unwrap_err()
             .to_string();

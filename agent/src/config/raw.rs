@@ -18,6 +18,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawStats {
     pub connections: Option<bool>,
+    pub endpoint_metrics: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,17 +2,19 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::Duration,
 };
 
 use weft_common::maps;
 
 use super::{
-    Config, ConfigError, Endpoint, FieldError, HealthCheck, Outlier, Probe, Protocol, Service,
+    Config, ConfigError, EndpointSpec, FieldError, Frontend, HealthCheck, Outlier, Probe, Protocol,
+    ServiceSpec, StatsSettings,
     raw::{RawConfig, RawEndpoint, RawHealth, RawOutlier, RawService},
 };
-use crate::plan::maglev;
+use crate::layout;
 
 const MAX_NAME_LEN: usize = 253;
 /// Endpoint weight when the file gives none (as Envoy's load_balancing_weight).
@@ -33,7 +35,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let mut errors = Errors::default();
     let mut services = Vec::with_capacity(raw.services.len());
     let mut names: HashMap<String, usize> = HashMap::new();
-    let mut frontends: HashMap<(IpAddr, u16, Protocol), usize> = HashMap::new();
+    let mut frontends: HashMap<Frontend, usize> = HashMap::new();
+    let mut checks = SharedChecks::default();
 
     for (index, raw_service) in raw.services.into_iter().enumerate() {
         let path = format!("services[{index}]");
@@ -45,24 +48,21 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 format!("duplicate service name {name:?} (first used by services[{first}])"),
             );
         }
-        let Some(service) = service(&path, raw_service, &mut errors) else {
+        let Some(service) = service(&path, raw_service, &mut checks, &mut errors) else {
             continue;
         };
-        let frontend = (service.address, service.port, service.protocol);
-        if let Some(&first) = frontends.get(&frontend) {
+        if let Some(&first) = frontends.get(&service.frontend) {
             errors.add(
                 format!("{path}.address"),
                 format!(
-                    "{} port {}/{} is already the address of services[{first}]",
-                    service.address,
-                    service.port,
-                    service.protocol.as_str()
+                    "{} is already the address of services[{first}]",
+                    service.frontend
                 ),
             );
         } else {
-            frontends.insert(frontend, index);
+            frontends.insert(service.frontend, index);
         }
-        services.push(service);
+        services.push(Arc::new(service));
     }
 
     if errors.0.is_empty() {
@@ -71,17 +71,39 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if errors.0.is_empty() {
         Ok(Config {
             services,
-            connection_stats: raw
-                .stats
-                .and_then(|stats| stats.connections)
-                .unwrap_or(true),
+            stats: raw.stats.map(|stats| {
+                let defaults = StatsSettings::default();
+                StatsSettings {
+                    connections: stats.connections.unwrap_or(defaults.connections),
+                    endpoint_metrics: stats.endpoint_metrics.unwrap_or(defaults.endpoint_metrics),
+                }
+            }),
         })
     } else {
         Err(ConfigError::Invalid(errors.0))
     }
 }
 
-fn service(path: &str, raw: RawService, errors: &mut Errors) -> Option<Service> {
+/// Health checks by value: services with the same check share one.
+#[derive(Default)]
+struct SharedChecks(HashMap<HealthCheck, Arc<HealthCheck>>);
+
+impl SharedChecks {
+    fn share(&mut self, check: HealthCheck) -> Arc<HealthCheck> {
+        Arc::clone(
+            self.0
+                .entry(check.clone())
+                .or_insert_with(|| Arc::new(check)),
+        )
+    }
+}
+
+fn service(
+    path: &str,
+    raw: RawService,
+    checks: &mut SharedChecks,
+    errors: &mut Errors,
+) -> Option<ServiceSpec> {
     let before = errors.0.len();
     check_name(&format!("{path}.name"), &raw.name, errors);
     let address = address(&format!("{path}.address"), &raw.address, errors);
@@ -102,12 +124,13 @@ fn service(path: &str, raw: RawService, errors: &mut Errors) -> Option<Service> 
     for (index, raw_endpoint) in raw.endpoints.into_iter().enumerate() {
         let path = format!("{path}.endpoints[{index}]");
         if let Some(endpoint) = endpoint(&path, raw_endpoint, address, errors) {
-            if let Some(first) = seen.insert((endpoint.address, endpoint.port), index) {
+            if let Some(first) = seen.insert(endpoint.address, index) {
                 errors.add(
                     path,
                     format!(
                         "duplicate endpoint {} port {} (also endpoints[{first}])",
-                        endpoint.address, endpoint.port
+                        endpoint.address.ip(),
+                        endpoint.address.port()
                     ),
                 );
             }
@@ -132,13 +155,15 @@ fn service(path: &str, raw: RawService, errors: &mut Errors) -> Option<Service> 
     if errors.0.len() != before {
         return None;
     }
-    Some(Service {
-        name: raw.name,
-        address: address?,
-        port: port?,
-        protocol,
+    Some(ServiceSpec {
+        name: raw.name.into(),
+        frontend: Frontend {
+            address: address?,
+            port: port?,
+            protocol,
+        },
         endpoints,
-        health: health?,
+        health: checks.share(health?),
         outlier,
         panic_threshold,
     })
@@ -193,7 +218,7 @@ fn endpoint(
     raw: RawEndpoint,
     service_address: Option<IpAddr>,
     errors: &mut Errors,
-) -> Option<Endpoint> {
+) -> Option<EndpointSpec> {
     let address = address(&format!("{path}.address"), &raw.address, errors);
     if let (Some(endpoint), Some(service)) = (address, service_address)
         && endpoint.is_ipv4() != service.is_ipv4()
@@ -218,9 +243,8 @@ fn endpoint(
             }
         },
     };
-    Some(Endpoint {
-        address: address?,
-        port: port?,
+    Some(EndpointSpec {
+        address: SocketAddr::new(address?, port?),
         weight: weight?,
     })
 }
@@ -387,9 +411,10 @@ fn outlier(path: &str, raw: RawOutlier, errors: &mut Errors) -> Option<Outlier> 
     })
 }
 
-/// The kernel maps have fixed capacities; a config that cannot fit is rejected here, naming
-/// the limit, rather than failing half-way through installing it.
-fn check_capacity(services: &[Service], errors: &mut Errors) {
+/// The kernel maps have fixed capacities; a file that cannot fit on its own is rejected here,
+/// naming the limit. (Several files or sources together can still overflow a map: the
+/// datapath then reports what it could not install and retries.)
+fn check_capacity(services: &[Arc<ServiceSpec>], errors: &mut Errors) {
     if services.len() > maps::SERVICES_CAPACITY as usize {
         errors.add(
             "services",
@@ -401,9 +426,9 @@ fn check_capacity(services: &[Service], errors: &mut Errors) {
             ),
         );
     }
-    let distinct: HashSet<(IpAddr, u16)> = services
+    let distinct: HashSet<SocketAddr> = services
         .iter()
-        .flat_map(|s| s.endpoints.iter().map(|e| (e.address, e.port)))
+        .flat_map(|s| s.endpoints.iter().map(|e| e.address))
         .collect();
     if distinct.len() > maps::BACKENDS_CAPACITY as usize {
         errors.add(
@@ -416,7 +441,7 @@ fn check_capacity(services: &[Service], errors: &mut Errors) {
             ),
         );
     }
-    let chunks = |s: &Service| maglev::chunks(maglev::table_size(s.endpoints.len()));
+    let chunks = |s: &Arc<ServiceSpec>| layout::chunks(layout::table_size(s.endpoints.len()));
     let total: u64 = services.iter().map(|s| u64::from(chunks(s))).sum();
     // A reconcile builds one service's new table before it frees the old one.
     let spare = services.iter().map(chunks).max().unwrap_or(0);

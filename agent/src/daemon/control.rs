@@ -1,6 +1,8 @@
-//! The control loop: the one owner of the config, the endpoints' health and the datapath.
-//! It turns config and health changes into map writes, retries what could not be written,
-//! and reinstalls the datapath if its pins disappear under it.
+//! The control loop: the one owner of the store (services and endpoint health) and the
+//! datapath. It takes whatever changes are waiting — source deltas, probe results, connect
+//! outcomes, ejection expiries — as one batch, then plans and writes only the services they
+//! made dirty, and publishes the result. It also retries what could not be written and
+//! reinstalls the datapath if its pins disappear under it.
 
 use std::{
     path::PathBuf,
@@ -10,20 +12,20 @@ use std::{
 
 use tokio::{
     runtime::Handle,
-    sync::{mpsc, watch},
+    sync::{broadcast, mpsc, watch},
     task::JoinHandle,
 };
 use tracing::{error, info, warn};
-use weft_common::ConnRecord;
 
 use super::{DaemonError, Options};
 use crate::{
-    api::{DatapathHealth, Shared, Snapshot, view::ProgramView},
-    config::Config,
-    datapath::{self, ApplyReport, Datapath, EventReader, EventRing},
-    health::{self, Health, ProbeOutcome, ProbeResult, Prober},
-    plan::{desired_state, diff},
-    source::file::Update,
+    api::{AgentInfo, DatapathHealth, Shared, view::ProgramView},
+    datapath::{self, ApplyReport, Datapath},
+    health::{self, ProbeOutcome, ProbeResult, Prober},
+    plan::ServicePlan,
+    source::{Origin, SourceEvent},
+    stats::{self, ConnEvent, ConnectOutcome},
+    store::{Installed, Snapshot, Store},
 };
 
 /// How often the pins are checked (seconds until a `weft reset` under the agent is noticed).
@@ -35,11 +37,12 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LONGEST_RETRY: Duration = Duration::from_secs(30);
 /// At most one warning per this long about probes that could not be sent.
 const NOT_SENT_WARNING: Duration = Duration::from_secs(10);
+/// Changes taken from one channel before the loop writes what it has.
+const BATCH: usize = 4096;
 
 /// What an apply reacts to; each is logged with its own message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Trigger {
-    Start,
     ConfigChange,
     HealthChange,
     Retry,
@@ -49,7 +52,7 @@ enum Trigger {
 impl Trigger {
     fn message(self) -> &'static str {
         match self {
-            Trigger::Start | Trigger::ConfigChange => "config applied",
+            Trigger::ConfigChange => "config applied",
             Trigger::HealthChange => "health change applied",
             Trigger::Retry => "retry applied",
             Trigger::Reinstall => "datapath reinstalled",
@@ -57,17 +60,24 @@ impl Trigger {
     }
 }
 
+/// The channels the control loop shares with the rest of the agent.
+pub struct Wiring {
+    pub shared: Arc<Shared>,
+    pub publish: watch::Sender<Arc<Snapshot>>,
+    pub follow: broadcast::Sender<ConnEvent>,
+    pub io: Handle,
+}
+
 /// The control loop before its first config.
 pub struct Control {
     config_path: PathBuf,
     datapath: datapath::Options,
     cgroup_given: bool,
-    shared: Arc<Shared>,
-    io: Handle,
+    wiring: Wiring,
 }
 
 impl Control {
-    pub fn new(options: &Options, shared: Arc<Shared>, io: Handle) -> Control {
+    pub fn new(options: &Options, wiring: Wiring) -> Control {
         Control {
             config_path: options.config.clone(),
             datapath: datapath::Options {
@@ -75,29 +85,33 @@ impl Control {
                 cgroup: options.cgroup.clone().unwrap_or_default(),
             },
             cgroup_given: options.cgroup.is_some(),
-            shared,
-            io,
+            wiring,
         }
     }
 
-    /// Waits for the first config, installs the datapath, then follows changes until `stop`.
+    /// Waits for the sources' first delivery, installs the datapath, then follows changes
+    /// until `stop`.
     pub async fn run(
         mut self,
-        mut updates: mpsc::Receiver<Update>,
+        mut sources: mpsc::Receiver<SourceEvent>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), DaemonError> {
-        let config = tokio::select! {
-            update = updates.recv() => match update {
-                Some(Ok(config)) => config,
-                // A bad file at start: refuse to start. Whatever an earlier agent pinned
-                // keeps serving.
-                Some(Err(error)) => {
-                    return Err(DaemonError::Config { path: self.config_path, error });
-                }
-                None => return Err(DaemonError::ControlLoop),
-            },
-            _ = stop.changed() => return Ok(()),
-        };
+        let mut initial = Vec::new();
+        loop {
+            tokio::select! {
+                event = sources.recv() => match event {
+                    Some(SourceEvent::Synced) => break,
+                    // A bad file at start: refuse to start. Whatever an earlier agent pinned
+                    // keeps serving.
+                    Some(SourceEvent::Rejected { origin, error }) => {
+                        return Err(DaemonError::Config { path: path_of(&origin, &self.config_path), error });
+                    }
+                    Some(event) => initial.push(event),
+                    None => return Err(DaemonError::ControlLoop),
+                },
+                _ = stop.changed() => return Ok(()),
+            }
+        }
         if !self.cgroup_given {
             self.datapath.cgroup = datapath::discover_cgroup2_root()?;
         }
@@ -107,27 +121,41 @@ impl Control {
             bpffs = %self.datapath.bpffs_dir.display(),
             "datapath ready"
         );
-        if let Some(observer) = datapath.take_observer() {
-            self.shared.set_observer(observer);
-        }
-        let (events, reader) = spawn_event_reader(&mut datapath, &self.io);
+        let (passive_tx, passive_rx) = mpsc::channel::<Vec<ConnectOutcome>>(256);
+        let sinks = stats::events::Sinks {
+            view: self.wiring.publish.subscribe(),
+            follow: self.wiring.follow.clone(),
+            passive: passive_tx,
+        };
+        let reader = spawn_reader(&mut datapath, &self.wiring, &sinks);
         let (probe_tx, probe_rx) = mpsc::channel::<ProbeResult>(4096);
+        let mut store = Store::default();
+        store.adopt_ids(datapath.installed_frontends());
         let mut agent = Agent {
-            prober: Prober::new(probe_tx, self.io.clone()),
+            prober: Prober::new(probe_tx, &self.wiring.io),
             options: self.datapath,
-            config_path: self.config_path,
             datapath,
-            config,
-            health: Health::default(),
-            generation: 1,
-            shared: self.shared,
-            io: self.io,
+            store,
+            generation: 0,
+            connection_stats: None,
+            wiring: self.wiring,
+            sinks,
             reader,
             retry: Retry::default(),
             last_not_sent_warning: None,
             last_reinstall_error: None,
+            not_installed: Vec::new(),
         };
-        agent.serve(updates, probe_rx, events, stop).await
+        agent
+            .serve(initial, sources, probe_rx, passive_rx, stop)
+            .await
+    }
+}
+
+fn path_of(origin: &Origin, fallback: &std::path::Path) -> PathBuf {
+    match origin {
+        Origin::File(path) => path.to_path_buf(),
+        Origin::Kubernetes(_) => fallback.to_path_buf(),
     }
 }
 
@@ -139,8 +167,8 @@ struct Retry {
 }
 
 impl Retry {
-    fn after(&mut self, report: &ApplyReport) {
-        if report.failures.is_empty() {
+    fn after(&mut self, failures: usize) {
+        if failures == 0 {
             *self = Retry::default();
             return;
         }
@@ -159,280 +187,370 @@ impl Retry {
     }
 }
 
-/// The running agent: what it applied and what it knows about endpoint health.
+/// The running agent.
 struct Agent {
     options: datapath::Options,
-    config_path: PathBuf,
     datapath: Datapath,
-    config: Config,
-    health: Health,
+    store: Store,
     prober: Prober,
+    /// Config versions applied.
     generation: u64,
-    shared: Arc<Shared>,
-    io: Handle,
+    /// The connection-statistics switch as last written to the kernel.
+    connection_stats: Option<bool>,
+    wiring: Wiring,
+    sinks: stats::events::Sinks,
     /// The task reading the current datapath's event ring.
     reader: JoinHandle<()>,
     retry: Retry,
     last_not_sent_warning: Option<Instant>,
     last_reinstall_error: Option<String>,
+    not_installed: Vec<String>,
+}
+
+/// What a batch of source events asks of the apply that follows.
+#[derive(Default)]
+struct Reloads {
+    /// Origins that changed, and whether each got in whole.
+    origins: Vec<(Origin, bool)>,
+    changed: bool,
 }
 
 impl Agent {
     async fn serve(
         &mut self,
-        mut updates: mpsc::Receiver<Update>,
+        initial: Vec<SourceEvent>,
+        mut sources: mpsc::Receiver<SourceEvent>,
         mut probe_rx: mpsc::Receiver<ProbeResult>,
-        mut events: mpsc::Receiver<Vec<ConnRecord>>,
+        mut passive_rx: mpsc::Receiver<Vec<ConnectOutcome>>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), DaemonError> {
-        self.health.sync(&self.config);
-        self.prober.sync(&self.config);
-        self.first_probe_round(&mut probe_rx).await;
-        self.apply(Trigger::Start);
+        let mut reloads = Reloads::default();
+        for event in initial {
+            self.on_source(event, &mut reloads);
+        }
+        let probes = self.store.take_probes();
+        let probing = probes.iter().filter(|p| p.check.is_some()).count();
+        self.prober.apply(probes);
+        self.first_probe_round(&mut probe_rx, probing).await;
+        self.generation = 1;
+        self.apply(Trigger::ConfigChange, Reloads::default());
+        // Every source has delivered: what an earlier agent installed and no source defines
+        // any more goes now, not before (a slow source must not flush the kernel's tables).
+        let store = &self.store;
+        let strays = self.datapath.remove_strays(|id| store.get(id).is_some());
+        if strays.services_removed > 0 {
+            info!(
+                removed = strays.services_removed,
+                "removed services no source defines"
+            );
+        }
+        self.publish(true);
         let mut ejection_check = tokio::time::interval(EJECTION_CHECK);
         let mut pin_check = tokio::time::interval(PIN_CHECK);
         loop {
-            tokio::select! {
+            let mut reloads = Reloads::default();
+            let trigger = tokio::select! {
                 _ = stop.changed() => break,
-                update = updates.recv() => match update {
-                    Some(Ok(new)) if new == self.config => {}
-                    Some(Ok(new)) => {
-                        self.generation += 1;
-                        self.config = new;
-                        self.health.sync(&self.config);
-                        self.prober.sync(&self.config);
-                        let report = self.apply(Trigger::ConfigChange);
-                        self.shared.metrics.config_reloaded(report.failures.is_empty());
+                event = sources.recv() => {
+                    let Some(event) = event else { break };
+                    self.on_source(event, &mut reloads);
+                    for _ in 0..BATCH {
+                        let Ok(event) = sources.try_recv() else { break };
+                        self.on_source(event, &mut reloads);
                     }
-                    Some(Err(e)) => {
-                        let generation = self.generation;
-                        self.shared.metrics.config_reloaded(false);
-                        warn!(
-                            path = %self.config_path.display(),
-                            generation,
-                            "config rejected, the running config (generation {generation}) keeps serving: {e}"
-                        );
-                    }
-                    None => break,
-                },
-                Some(first) = probe_rx.recv() => {
-                    // Take every result already waiting, then reconcile once.
-                    let mut changed = self.record_probe(&first);
-                    while let Ok(result) = probe_rx.try_recv() {
-                        changed |= self.record_probe(&result);
-                    }
-                    if changed {
-                        self.apply(Trigger::HealthChange);
-                    }
+                    Trigger::ConfigChange
                 }
-                Some(batch) = events.recv() => {
-                    if self.on_connection_events(&batch) {
-                        self.apply(Trigger::HealthChange);
+                Some(first) = probe_rx.recv() => {
+                    self.on_probe(&first);
+                    for _ in 0..BATCH {
+                        let Ok(result) = probe_rx.try_recv() else { break };
+                        self.on_probe(&result);
                     }
+                    Trigger::HealthChange
+                }
+                Some(outcomes) = passive_rx.recv() => {
+                    for outcome in outcomes {
+                        self.store.on_connect(outcome.target, outcome.ok, outcome.at);
+                    }
+                    Trigger::HealthChange
                 }
                 _ = ejection_check.tick() => {
-                    let transitions = self.health.expire_ejections(Instant::now());
-                    transitions.iter().for_each(log_transition);
-                    if !transitions.is_empty() {
-                        self.apply(Trigger::HealthChange);
-                    }
+                    self.store.expire_ejections(Instant::now());
+                    Trigger::HealthChange
                 }
                 _ = self.retry.due() => {
-                    self.apply(Trigger::Retry);
+                    self.store.retry_not_installed();
+                    Trigger::Retry
                 }
                 _ = pin_check.tick() => {
-                    if let Some(new_events) = self.check_pins() {
-                        events = new_events;
-                    }
+                    self.check_pins();
+                    continue;
                 }
+            };
+            if reloads.changed {
+                self.generation += 1;
             }
+            self.apply(trigger, reloads);
         }
         self.reader.abort();
         Ok(())
     }
 
-    /// Feeds one probe result to the health state; true if an endpoint changed state.
-    fn record_probe(&mut self, result: &ProbeResult) -> bool {
+    fn on_source(&mut self, event: SourceEvent, reloads: &mut Reloads) {
+        match event {
+            SourceEvent::Accepted {
+                origin,
+                deltas,
+                stats,
+            } => {
+                let changed = !deltas.is_empty();
+                let before = self.store.conflicts().len();
+                self.store.apply(deltas);
+                let mut ok = self.store.conflicts().len() <= before;
+                if let Err(conflict) = self.store.claim_stats(&origin, stats) {
+                    error!("{conflict}");
+                    ok = false;
+                }
+                for conflict in self.store.conflicts().iter().skip(before) {
+                    error!("{conflict}");
+                }
+                reloads.changed |= changed || stats != crate::source::StatsClaim::Unchanged;
+                reloads.origins.push((origin, ok));
+            }
+            SourceEvent::Rejected { origin, error } => {
+                self.wiring.shared.metrics.config_reloaded(false);
+                let generation = self.generation;
+                warn!(
+                    path = %origin,
+                    generation,
+                    "config rejected, the running config (generation {generation}) keeps serving: {error}"
+                );
+            }
+            SourceEvent::Synced => {}
+        }
+    }
+
+    fn on_probe(&mut self, result: &ProbeResult) {
         if let ProbeOutcome::Inconclusive(why) = result.outcome {
             let quiet = self
                 .last_not_sent_warning
                 .is_some_and(|at| at.elapsed() < NOT_SENT_WARNING);
             if !quiet {
                 self.last_not_sent_warning = Some(Instant::now());
-                warn!(service = %result.service, endpoint = %result.endpoint, "health probe not sent: {why}");
+                let service = self
+                    .store
+                    .get(result.target.service)
+                    .map(|s| s.spec.name.to_string())
+                    .unwrap_or_default();
+                warn!(service, endpoint = %result.target.endpoint, "health probe not sent: {why}");
             }
         }
-        let Some(transition) = self.health.on_probe(result) else {
-            return false;
-        };
-        log_transition(&transition);
-        true
+        self.store.on_probe(result.target, result.outcome);
     }
 
-    /// Counts the kernel's connection events and feeds connect outcomes to passive failure
-    /// detection; true if an endpoint changed state.
-    fn on_connection_events(&mut self, batch: &[ConnRecord]) -> bool {
-        let now = Instant::now();
-        let mut changed = false;
-        for event in self.shared.record_events(batch) {
-            let ok = match event.kind {
-                weft_common::event::ESTABLISHED => true,
-                weft_common::event::CONNECT_FAILED => false,
-                _ => continue,
-            };
-            let service = &self.config.services[event.service];
-            if let Some(t) = self.health.on_connect(service, event.endpoint, ok, now) {
-                log_transition(&t);
-                changed = true;
-            }
-        }
-        changed
-    }
-
-    /// Recomputes effective weights, writes what changed and publishes the result.
-    fn apply(&mut self, trigger: Trigger) -> ApplyReport {
+    /// Plans and writes the services the changes so far made dirty, and publishes the
+    /// result. Does nothing (and logs nothing) when nothing is dirty.
+    fn apply(&mut self, trigger: Trigger, reloads: Reloads) -> ApplyReport {
         let started = Instant::now();
-        let generation = self.generation;
-        let (weights, panic_changes) = self.health.effective(&self.config);
-        for (service, panicking) in panic_changes {
+        let work = self.store.take_work();
+        work.transitions.iter().for_each(log_transition);
+        if !work.probes.is_empty() {
+            self.prober.apply(work.probes);
+        }
+        let settings = self.store.stats_settings();
+        if self.connection_stats != Some(settings.connections) {
+            match self.datapath.set_connection_stats(settings.connections) {
+                Ok(()) => self.connection_stats = Some(settings.connections),
+                Err(e) => error!("switching connection statistics: {e}"),
+            }
+        }
+        let quiet =
+            work.dirty.is_empty() && work.removed.is_empty() && trigger != Trigger::Reinstall;
+        if quiet {
+            self.count_reloads(&reloads, &ApplyReport::default());
+            if reloads.changed {
+                self.publish(false);
+            }
+            return ApplyReport::default();
+        }
+        for (service, panicking) in self.store.reweigh(&work.dirty) {
             if panicking {
                 warn!(
-                    service,
+                    service = %service,
                     "panic mode: too little healthy weight, routing to every endpoint by configured weight"
                 );
             } else {
-                info!(service, "panic mode over: routing by health again");
+                info!(service = %service, "panic mode over: routing by health again");
             }
         }
-        let desired = desired_state(&self.config, |service, endpoint| {
-            weights
-                .by_endpoint
-                .get(&health::endpoint_key(service, endpoint))
-                .copied()
-                .unwrap_or(0)
-        });
-        if let Err(e) = self
-            .datapath
-            .set_connection_stats(self.config.connection_stats)
-        {
-            error!(generation, "switching connection statistics: {e}");
+        let plans: Vec<ServicePlan> = work
+            .dirty
+            .iter()
+            .filter_map(|&id| self.store.get(id))
+            .map(|s| ServicePlan::of(s))
+            .collect();
+        let report = self.datapath.apply(&work.removed, plans);
+        for &id in report.written.iter().chain(&report.unchanged) {
+            self.store.set_installed(id, Installed::Yes);
         }
-        let changes = diff(self.datapath.installed(), &desired);
-        let report: ApplyReport = self.datapath.apply(changes);
-        let programs = self
-            .datapath
-            .programs()
-            .map(|(name, adopted)| ProgramView {
-                name: name.to_string(),
-                adopted,
+        let generation = self.generation;
+        for failure in &report.failures {
+            let name = self
+                .store
+                .get(failure.id)
+                .map(|s| s.spec.name.to_string())
+                .unwrap_or_default();
+            error!(generation, "service {name}: {failure}");
+            self.store
+                .set_installed(failure.id, Installed::Failed(failure.to_string()));
+        }
+        self.not_installed = self
+            .store
+            .not_installed()
+            .map(|s| match &s.installed {
+                Installed::Failed(why) => format!("service {}: {why}", s.spec.name),
+                _ => format!("service {}: not written yet", s.spec.name),
             })
             .collect();
-        let not_installed: Vec<String> = report.failures.iter().map(|f| f.to_string()).collect();
-        self.shared
+        self.not_installed.sort();
+        self.wiring
+            .shared
             .metrics
-            .set_services_not_installed(not_installed.len());
-        self.shared.publish(Snapshot::build(
-            generation,
-            &self.config,
-            &self.health,
-            &weights,
-            self.datapath.installed(),
-            programs,
-            not_installed,
-        ));
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        for failure in &report.failures {
-            error!(generation, "{failure}");
-        }
-        self.retry.after(&report);
+            .set_services_not_installed(self.not_installed.len());
+        self.retry.after(self.not_installed.len());
         if let Some(delay) = self.retry.delay
-            && !report.failures.is_empty()
+            && !self.not_installed.is_empty()
         {
             warn!(
                 generation,
-                services = report.failures.len(),
+                services = self.not_installed.len(),
                 "services not installed; retrying in {} s",
                 delay.as_secs()
             );
         }
+        self.count_reloads(&reloads, &report);
+        self.publish(false);
         info!(
             generation,
-            services = self.config.services.len(),
+            services = self.store.len(),
+            changed = work.dirty.len() + work.removed.len(),
             written = report.services_written,
             removed = report.services_removed,
             backends_added = report.backends_added,
             backends_removed = report.backends_removed,
             failures = report.failures.len(),
-            elapsed_ms,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "{}",
             trigger.message()
         );
-        release_freed_memory();
+        if work.dirty.len() > 1000 {
+            release_freed_memory();
+        }
         report
     }
 
-    /// Checks the pins; if any is gone, reinstalls the datapath and returns the new event
-    /// channel. While it cannot, the agent reports itself not ready and tries every check.
-    fn check_pins(&mut self) -> Option<mpsc::Receiver<Vec<ConnRecord>>> {
-        let missing = self.datapath.check_pins().err()?;
-        if self.shared.datapath() == DatapathHealth::Installed {
+    fn count_reloads(&self, reloads: &Reloads, report: &ApplyReport) {
+        for (_, ok) in &reloads.origins {
+            self.wiring
+                .shared
+                .metrics
+                .config_reloaded(*ok && report.failures.is_empty());
+        }
+    }
+
+    /// Publishes the store's snapshot and the agent's own state.
+    fn publish(&self, synced: bool) {
+        let _ = self.wiring.publish.send(Arc::new(self.store.snapshot()));
+        let previous = self.wiring.shared.info();
+        self.wiring.shared.publish_info(AgentInfo {
+            generation: self.generation,
+            synced: synced || previous.synced,
+            datapath: previous.datapath.clone(),
+            programs: self
+                .datapath
+                .programs()
+                .map(|(name, adopted)| ProgramView {
+                    name: name.to_string(),
+                    adopted,
+                })
+                .collect(),
+            counts: self.datapath.counts(),
+            batched_writes: self.datapath.batches(),
+            not_installed: self.not_installed.clone(),
+        });
+    }
+
+    fn set_datapath_health(&self, health: DatapathHealth) {
+        let mut info = (*self.wiring.shared.info()).clone();
+        info.datapath = health;
+        self.wiring.shared.publish_info(info);
+    }
+
+    /// Checks the pins; if any is gone, reinstalls the datapath. While it cannot, the agent
+    /// reports itself not ready and tries at every check.
+    fn check_pins(&mut self) {
+        let Err(missing) = self.datapath.check_pins() else {
+            return;
+        };
+        if self.wiring.shared.info().datapath == DatapathHealth::Installed {
             error!("{missing}; reinstalling the datapath, not ready until it is back");
-            self.shared
-                .set_datapath(DatapathHealth::Missing(missing.to_string()));
+            self.set_datapath_health(DatapathHealth::Missing(missing.to_string()));
         }
         let started = Instant::now();
         match Datapath::open(&self.options) {
             Ok(mut datapath) => {
-                if let Some(observer) = datapath.take_observer() {
-                    self.shared.set_observer(observer);
-                }
-                let (events, reader) = spawn_event_reader(&mut datapath, &self.io);
+                let reader = spawn_reader(&mut datapath, &self.wiring, &self.sinks);
                 self.reader.abort();
                 self.reader = reader;
                 self.datapath = datapath;
-                self.apply(Trigger::Reinstall);
-                self.shared.set_datapath(DatapathHealth::Installed);
-                self.shared.metrics.datapath_reinstalled();
+                // The new maps are empty (or an earlier agent's): every service is planned.
+                self.store.mark_all_dirty();
+                self.connection_stats = None;
+                self.apply(Trigger::Reinstall, Reloads::default());
+                self.set_datapath_health(DatapathHealth::Installed);
+                self.wiring.shared.metrics.datapath_reinstalled();
                 self.last_reinstall_error = None;
                 info!(
                     elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
                     "datapath back in place"
                 );
-                Some(events)
             }
             Err(e) => {
                 let message = e.to_string();
                 if self.last_reinstall_error.as_ref() != Some(&message) {
                     error!("reinstalling the datapath failed, retrying every second: {message}");
-                    self.shared.set_datapath(DatapathHealth::Missing(format!(
+                    self.set_datapath_health(DatapathHealth::Missing(format!(
                         "{missing}; reinstalling failed: {message}"
                     )));
                     self.last_reinstall_error = Some(message);
                 }
-                None
             }
         }
     }
 
-    /// Waits for every endpoint's first probe (bounded by the longest timeout), so the first
-    /// tables reflect health instead of flapping as the results trickle in. Meanwhile
-    /// whatever an earlier agent installed keeps serving.
-    async fn first_probe_round(&mut self, results: &mut mpsc::Receiver<ProbeResult>) {
+    /// Waits for every probed endpoint's first probe (bounded by the longest timeout), so
+    /// the first tables reflect health instead of flapping as the results trickle in.
+    /// Meanwhile whatever an earlier agent installed keeps serving.
+    async fn first_probe_round(
+        &mut self,
+        results: &mut mpsc::Receiver<ProbeResult>,
+        probing: usize,
+    ) {
         let longest = self
-            .config
-            .services
+            .store
+            .services()
             .iter()
-            .map(|s| s.health.timeout)
+            .flatten()
+            .map(|s| s.spec.health.timeout)
             .max()
             .unwrap_or_default();
         let deadline = tokio::time::Instant::now() + longest + Duration::from_millis(200);
-        let probing = self.prober.len();
         let mut seen = std::collections::HashSet::new();
         while seen.len() < probing {
             tokio::select! {
                 Some(result) = results.recv() => {
-                    self.record_probe(&result);
-                    seen.insert((result.service, result.endpoint));
+                    self.on_probe(&result);
+                    seen.insert(result.target);
                 }
                 _ = tokio::time::sleep_until(deadline) => break,
             }
@@ -441,7 +559,7 @@ impl Agent {
 }
 
 /// Hands memory freed by a large parse and apply back to the kernel: glibc keeps freed heap
-/// pages otherwise, and a 10,000-service reload would leave the agent at its peak size.
+/// pages otherwise, and a 10,000-service install would leave the agent at its peak size.
 fn release_freed_memory() {
     // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
     unsafe { libc::malloc_trim(0) };
@@ -450,11 +568,11 @@ fn release_freed_memory() {
 fn log_transition(transition: &health::Transition) {
     // A new endpoint passing its first probe is routine; everything else is news.
     if transition.from == health::State::Unknown && transition.to == health::State::Healthy {
-        tracing::debug!(service = %transition.key.0, endpoint = %transition.key.1, "endpoint healthy");
+        tracing::debug!(service = %transition.service, endpoint = %transition.endpoint, "endpoint healthy");
     } else if let Some(cause) = transition.cause {
         info!(
-            service = %transition.key.0,
-            endpoint = %transition.key.1,
+            service = %transition.service,
+            endpoint = %transition.endpoint,
             from = transition.from.as_str(),
             to = transition.to.as_str(),
             probe = %cause,
@@ -462,8 +580,8 @@ fn log_transition(transition: &health::Transition) {
         );
     } else {
         info!(
-            service = %transition.key.0,
-            endpoint = %transition.key.1,
+            service = %transition.service,
+            endpoint = %transition.endpoint,
             from = transition.from.as_str(),
             to = transition.to.as_str(),
             "endpoint state changed"
@@ -471,36 +589,20 @@ fn log_transition(transition: &health::Transition) {
     }
 }
 
-/// Reads the datapath's event ring on the I/O runtime (the ring's one owner); batches of
-/// events come back over a channel.
-fn spawn_event_reader(
+/// Reads the datapath's event ring on the I/O runtime (stats owns the events from there).
+fn spawn_reader(
     datapath: &mut Datapath,
-    io: &Handle,
-) -> (mpsc::Receiver<Vec<ConnRecord>>, JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(256);
-    let ring: Option<EventRing> = datapath.take_events();
-    let task = io.spawn(async move {
-        let Some(ring) = ring else { return };
-        let mut reader = match EventReader::new(ring) {
-            Ok(reader) => reader,
-            Err(e) => {
-                error!("connection events unavailable; statistics and passive detection stop: {e}");
-                return;
-            }
-        };
-        loop {
-            match reader.next_batch().await {
-                Ok(batch) => {
-                    if tx.send(batch).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    error!(error = %e, "reading connection events failed; statistics and passive detection stop");
-                    return;
-                }
-            }
+    wiring: &Wiring,
+    sinks: &stats::events::Sinks,
+) -> JoinHandle<()> {
+    if let Some(observer) = datapath.take_observer() {
+        wiring.shared.set_observer(observer);
+    }
+    let ring = datapath.take_events();
+    let sinks = sinks.clone();
+    wiring.io.spawn(async move {
+        if let Some(ring) = ring {
+            stats::events::run(ring, sinks).await;
         }
-    });
-    (rx, task)
+    })
 }

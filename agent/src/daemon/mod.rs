@@ -12,7 +12,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 use tokio::{
     runtime::Runtime,
     signal::unix::{SignalKind, signal},
-    sync::watch,
+    sync::{broadcast, watch},
 };
 use tracing::info;
 
@@ -40,7 +40,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Datapath(#[from] DatapathError),
     #[error(transparent)]
-    Watch(#[from] source::file::WatchError),
+    Watch(#[from] source::files::WatchError),
     #[error(transparent)]
     Api(#[from] ApiError),
     #[error("starting the agent's runtime: {0}")]
@@ -72,8 +72,17 @@ pub fn run(options: Options) -> Result<(), DaemonError> {
             let _ = stop_tx.send(true);
         }))
     })?;
-    let shared = Arc::new(Shared::new());
-    let result = serve(&io, &options, Arc::clone(&shared), stop_rx);
+    let (publish, view) = watch::channel(Arc::default());
+    // Followers that fall this far behind skip ahead (and are told in the agent log).
+    let follow = broadcast::channel(4096).0;
+    let shared = Arc::new(Shared::new(view, follow.clone()));
+    let wiring = control::Wiring {
+        shared,
+        publish,
+        follow,
+        io: io.handle().clone(),
+    };
+    let result = serve(&io, &options, wiring, stop_rx);
     signals.abort();
     api::admin::unbind(&options.admin_socket);
     info!("exiting; programs and maps stay pinned so traffic keeps flowing");
@@ -85,12 +94,12 @@ pub fn run(options: Options) -> Result<(), DaemonError> {
 fn serve(
     io: &Runtime,
     options: &Options,
-    shared: Arc<Shared>,
+    wiring: control::Wiring,
     stop: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
     io.block_on(async {
-        api::metrics::serve(options.metrics_addr, Arc::clone(&shared)).await?;
-        api::admin::serve(options.admin_socket.clone(), Arc::clone(&shared)).await?;
+        api::metrics::serve(options.metrics_addr, Arc::clone(&wiring.shared)).await?;
+        api::admin::serve(options.admin_socket.clone(), Arc::clone(&wiring.shared)).await?;
         Ok::<_, DaemonError>(())
     })?;
     info!(admin = %options.admin_socket.display(), metrics = %options.metrics_addr, "listening");
@@ -98,9 +107,9 @@ fn serve(
     // is never missed.
     let updates = {
         let _entered = io.enter();
-        source::file::watch(options.config.clone())?
+        source::files::watch(options.config.clone())?
     };
-    let control = control::Control::new(options, shared, io.handle().clone());
+    let control = control::Control::new(options, wiring);
     let thread = std::thread::Builder::new()
         .name("weft-control".into())
         .spawn(move || {

@@ -1,35 +1,21 @@
-//! Typed handles on weft's maps, reading back installed state, and writing changes.
+//! The three maps the agent writes (services, backends, Maglev tables), behind a small
+//! interface: `install` decides what to write and in which order, these write it. The kernel
+//! implementation uses batch operations where the kernel has them and single updates where
+//! it does not; tests use an in-memory one.
 
-use std::collections::{HashMap as StdHashMap, HashSet};
+use std::{collections::HashMap as StdHashMap, os::fd::AsFd as _};
 
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, MapError},
 };
-use tracing::warn;
-use weft_common::{
-    Backend, MAGLEV_CHUNK, MaglevChunk, MaglevKey, ServiceKey, ServiceValue, maps as names,
+use tracing::debug;
+use weft_common::{Backend, MaglevChunk, MaglevKey, ServiceKey, ServiceValue, maps as names};
+
+use super::{
+    DatapathError,
+    batch::{self, BatchError},
 };
-
-use super::{ApplyReport, DatapathError};
-use crate::plan::{
-    Changes, Installed, InstalledService, ServiceUpdate, diff::IdAllocator, diff::TableSource,
-    maglev,
-};
-
-pub struct Maps {
-    services: HashMap<MapData, ServiceKey, ServiceValue>,
-    backends: HashMap<MapData, u32, Backend>,
-    maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
-    settings: Array<MapData, u32>,
-}
-
-pub(super) fn map_error(map: &'static str) -> impl Fn(MapError) -> DatapathError {
-    move |source| DatapathError::Map {
-        map,
-        error: Box::new(source),
-    }
-}
 
 /// Why a map write failed, phrased for operators: a full map names its capacity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,39 +24,77 @@ pub enum WriteFailure {
     Full { map: &'static str, capacity: u32 },
     #[error("writing map {map}: {error}")]
     Other { map: &'static str, error: String },
-    #[error("one of its endpoints could not be installed")]
-    Endpoint,
+    #[error("one of its endpoints could not be installed ({0})")]
+    Endpoint(Box<WriteFailure>),
 }
 
 impl WriteFailure {
-    fn of(map: &'static str, capacity: u32, error: &MapError) -> WriteFailure {
-        if let MapError::SyscallError(syscall) = error
-            && matches!(
-                syscall.io_error.raw_os_error(),
-                Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM)
-            )
-        {
-            return WriteFailure::Full { map, capacity };
+    fn of_errno(map: &'static str, capacity: u32, error: &std::io::Error) -> WriteFailure {
+        match error.raw_os_error() {
+            Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM) => WriteFailure::Full { map, capacity },
+            _ => WriteFailure::Other {
+                map,
+                error: error.to_string(),
+            },
         }
-        WriteFailure::Other {
-            map,
-            error: error.to_string(),
+    }
+
+    fn of_map_error(map: &'static str, capacity: u32, error: &MapError) -> WriteFailure {
+        match error {
+            MapError::SyscallError(syscall) => Self::of_errno(map, capacity, &syscall.io_error),
+            other => WriteFailure::Other {
+                map,
+                error: other.to_string(),
+            },
         }
     }
 }
 
-/// A service the apply could not bring to its desired state.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("service {service}: {reason}; {}", if *.serving_previous { "its previous table keeps serving" } else { "not installed" })]
-pub struct ApplyFailure {
-    pub service: String,
-    pub reason: WriteFailure,
-    /// The service had an entry already, which still serves its previous table.
-    pub serving_previous: bool,
+/// A write that stopped part-way: the first `written` elements are in the map, element
+/// `written` failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partial {
+    pub written: usize,
+    pub failure: WriteFailure,
 }
 
-impl Maps {
-    pub fn take(ebpf: &mut Ebpf) -> Result<Maps, DatapathError> {
+/// What `install` needs from the maps. Writes stop at the first failure; deletes skip what
+/// is already gone.
+pub trait Maps {
+    fn write_backends(&mut self, ids: &[u32], backends: &[Backend]) -> Result<(), Partial>;
+    fn write_chunks(&mut self, keys: &[MaglevKey], chunks: &[MaglevChunk]) -> Result<(), Partial>;
+    fn write_services(
+        &mut self,
+        keys: &[ServiceKey],
+        values: &[ServiceValue],
+    ) -> Result<(), Partial>;
+    fn delete_services(&mut self, keys: &[ServiceKey]);
+    fn delete_chunks(&mut self, keys: &[MaglevKey]);
+    fn delete_backends(&mut self, ids: &[u32]);
+}
+
+/// Elements per batch syscall: bounds the buffers a batch needs (a chunk is 264 bytes).
+const BATCH: usize = 8192;
+
+/// The kernel's maps.
+pub struct KernelMaps {
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, u32, Backend>,
+    maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
+    settings: Array<MapData, u32>,
+    /// Cleared once the kernel says it has no batch operations.
+    batches: bool,
+}
+
+pub(super) fn map_error(map: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |error| DatapathError::Map {
+        map,
+        error: Box::new(error),
+    }
+}
+
+impl KernelMaps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<KernelMaps, DatapathError> {
         fn take<K: aya::Pod, V: aya::Pod>(
             ebpf: &mut Ebpf,
             map: &'static str,
@@ -80,17 +104,17 @@ impl Maps {
                 .ok_or(DatapathError::MissingMap { map })?;
             HashMap::try_from(raw).map_err(map_error(map))
         }
-        Ok(Maps {
+        let settings = ebpf
+            .take_map(names::SETTINGS)
+            .ok_or(DatapathError::MissingMap {
+                map: names::SETTINGS,
+            })?;
+        Ok(KernelMaps {
             services: take(ebpf, names::SERVICES)?,
             backends: take(ebpf, names::BACKENDS)?,
             maglev: take(ebpf, names::MAGLEV)?,
-            settings: {
-                let map = names::SETTINGS;
-                let raw = ebpf
-                    .take_map(map)
-                    .ok_or(DatapathError::MissingMap { map })?;
-                Array::try_from(raw).map_err(map_error(map))?
-            },
+            settings: Array::try_from(settings).map_err(map_error(names::SETTINGS))?,
+            batches: true,
         })
     }
 
@@ -101,239 +125,225 @@ impl Maps {
             .map_err(map_error(names::SETTINGS))
     }
 
-    /// Reads what an earlier agent installed, so an unchanged config rewrites nothing.
-    pub fn read_installed(&self) -> Result<Installed, DatapathError> {
-        let mut installed = Installed::default();
-        for entry in self.backends.iter() {
-            let (id, backend) = entry.map_err(map_error(names::BACKENDS))?;
-            installed.backends.insert(backend, id);
-        }
-        for entry in self.services.iter() {
-            let (key, value) = entry.map_err(map_error(names::SERVICES))?;
-            let table = self.read_table(&value);
-            installed.services.insert(
-                key,
-                InstalledService {
-                    value,
-                    table: TableSource::Read(table),
-                },
-            );
-        }
-        Ok(installed)
+    pub fn services(&self) -> &HashMap<MapData, ServiceKey, ServiceValue> {
+        &self.services
     }
 
-    /// Backend id per slot of a service's current table; shorter than its size if a chunk is
-    /// missing, which makes it differ from any desired table and so get rewritten.
-    fn read_table(&self, value: &ServiceValue) -> Vec<u32> {
-        let mut table = Vec::with_capacity(value.table_size as usize);
-        for chunk in 0..maglev::chunks(value.table_size) {
-            let key = MaglevKey {
-                table_id: value.table_id,
-                chunk,
-            };
-            match self.maglev.get(&key, 0) {
-                Ok(c) => table.extend_from_slice(&c.backends),
-                Err(_) => return table,
-            }
-        }
-        table.truncate(value.table_size as usize);
-        table
+    pub fn backends(&self) -> &HashMap<MapData, u32, Backend> {
+        &self.backends
     }
 
-    /// Deletes table chunks no service points at (left by an agent killed mid-update).
-    pub fn delete_orphan_tables(&mut self, installed: &Installed) -> Result<usize, DatapathError> {
-        let live: HashSet<u32> = installed
-            .services
-            .values()
-            .map(|s| s.value.table_id)
-            .collect();
-        let orphans: Vec<MaglevKey> = self
-            .maglev
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| !live.contains(&key.table_id))
-            .collect();
-        for key in &orphans {
-            self.maglev.remove(key).map_err(map_error(names::MAGLEV))?;
-        }
-        Ok(orphans.len())
+    pub fn maglev(&self) -> &HashMap<MapData, MaglevKey, MaglevChunk> {
+        &self.maglev
     }
 
-    pub fn apply(&mut self, installed: &mut Installed, changes: Changes) -> ApplyReport {
-        let mut report = ApplyReport::default();
-        let mut table_ids = IdAllocator::new(
-            installed
-                .services
-                .values()
-                .map(|s| s.value.table_id)
-                .filter(|&id| id != 0),
-        );
+    /// Whether writes go in batches (false on kernels without them).
+    pub fn batches(&self) -> bool {
+        self.batches
+    }
+}
 
-        // 1. Removed services first, so a config that removes some services and adds others
-        //    (or moves one to a new address) frees map room before it needs it. Entry first
-        //    (no new lookups), then its table.
-        for key in changes.removed {
-            let Some(service) = installed.services.get(&key) else {
-                continue;
-            };
-            match self.services.remove(&key) {
+/// Writes in batches of `BATCH`, falling back to `single` for each element once the kernel
+/// says it has no batch operations.
+fn write<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    batches: &mut bool,
+    (name, capacity): (&'static str, u32),
+    keys: &[K],
+    values: &[V],
+) -> Result<(), Partial> {
+    let mut written = 0;
+    while written < keys.len() {
+        let end = (written + BATCH).min(keys.len());
+        if *batches {
+            let fd = aya::maps::IterableMap::map(&*map).fd().as_fd();
+            match batch::update(fd, &keys[written..end], &values[written..end]) {
                 Ok(()) => {
-                    self.delete_table(&service.value);
-                    installed.services.remove(&key);
-                    report.services_removed += 1;
+                    written = end;
+                    continue;
                 }
-                Err(e) => warn!(error = %e, "could not remove a service entry; retrying later"),
-            }
-        }
-
-        // 2. Endpoints: a table may only name backends that exist.
-        let mut failed_backends = StdHashMap::new();
-        for (id, backend) in &changes.new_backends {
-            match self.backends.insert(id, backend, 0) {
-                Ok(()) => {
-                    installed.backends.insert(*backend, *id);
-                    report.backends_added += 1;
+                Err(BatchError::Failed { done, error }) => {
+                    return Err(Partial {
+                        written: written + done,
+                        failure: WriteFailure::of_errno(name, capacity, &error),
+                    });
                 }
-                Err(e) => {
-                    failed_backends.insert(
-                        *id,
-                        WriteFailure::of(names::BACKENDS, names::BACKENDS_CAPACITY, &e),
+                Err(BatchError::Unsupported) => {
+                    debug!(
+                        map = name,
+                        "no batch map operations in this kernel; writing one by one"
                     );
+                    *batches = false;
                 }
             }
         }
-
-        // 3. Per service: new table where no reader looks, publish with one write, free the old.
-        for update in changes.updates {
-            let serving_previous = installed.services.contains_key(&update.key);
-            let failure = match update
-                .inputs
-                .members
-                .iter()
-                .find_map(|(id, _, _)| failed_backends.get(id))
-            {
-                Some(failure) => Err(failure.clone()),
-                None => self.write_service(installed, &mut table_ids, &update),
-            };
-            match failure {
-                Ok(()) => report.services_written += 1,
-                Err(reason) => report.failures.push(ApplyFailure {
-                    service: update.name,
-                    reason,
-                    serving_previous,
-                }),
-            }
-        }
-        for (key, inputs) in changes.confirmed {
-            if let Some(service) = installed.services.get_mut(&key) {
-                service.table = TableSource::Built(inputs);
-            }
-        }
-
-        // 4. Endpoints no table references any more.
-        report.backends_removed = self.delete_unreferenced_backends(installed);
-        report
-    }
-
-    fn write_service(
-        &mut self,
-        installed: &mut Installed,
-        table_ids: &mut IdAllocator,
-        update: &ServiceUpdate,
-    ) -> Result<(), WriteFailure> {
-        let table = update.inputs.build();
-        let mut value = ServiceValue {
-            service_id: update.service_id,
-            table_id: 0,
-            table_size: 0,
-            flags: 0,
-        };
-        if !table.is_empty() {
-            value.table_id = table_ids.allocate();
-            value.table_size = table.len() as u32;
-            if let Err(e) = self.write_table(value.table_id, &table) {
-                self.delete_table(&value);
-                return Err(WriteFailure::of(names::MAGLEV, names::MAGLEV_CAPACITY, &e));
-            }
-        }
-        if let Err(e) = self.services.insert(&update.key, &value, 0) {
-            self.delete_table(&value);
-            return Err(WriteFailure::of(
-                names::SERVICES,
-                names::SERVICES_CAPACITY,
-                &e,
-            ));
-        }
-        let previous = installed.services.insert(
-            update.key,
-            InstalledService {
-                value,
-                table: TableSource::Built(update.inputs.clone()),
-            },
-        );
-        if let Some(previous) = previous
-            && previous.value.table_id != value.table_id
-        {
-            self.delete_table(&previous.value);
-        }
-        Ok(())
-    }
-
-    fn write_table(&mut self, table_id: u32, table: &[u32]) -> Result<(), MapError> {
-        for (chunk, slots) in table.chunks(MAGLEV_CHUNK as usize).enumerate() {
-            let mut value = MaglevChunk {
-                backends: [0; MAGLEV_CHUNK as usize],
-            };
-            value.backends[..slots.len()].copy_from_slice(slots);
-            let key = MaglevKey {
-                table_id,
-                chunk: chunk as u32,
-            };
-            self.maglev.insert(&key, &value, 0)?;
-        }
-        Ok(())
-    }
-
-    fn delete_table(&mut self, value: &ServiceValue) {
-        if value.table_id == 0 {
-            return;
-        }
-        for chunk in 0..maglev::chunks(value.table_size) {
-            let key = MaglevKey {
-                table_id: value.table_id,
-                chunk,
-            };
-            // Missing chunks (never written, or already gone) are fine.
-            let _ = self.maglev.remove(&key);
+        for (key, value) in keys[written..end].iter().zip(&values[written..end]) {
+            map.insert(key, value, 0).map_err(|e| Partial {
+                written,
+                failure: WriteFailure::of_map_error(name, capacity, &e),
+            })?;
+            written += 1;
         }
     }
+    Ok(())
+}
 
-    fn delete_unreferenced_backends(&mut self, installed: &mut Installed) -> usize {
-        let mut referenced = HashSet::new();
-        for service in installed.services.values() {
-            match &service.table {
-                TableSource::Built(inputs) => {
-                    referenced.extend(inputs.members.iter().map(|&(id, _, _)| id))
-                }
-                TableSource::Read(table) => referenced.extend(table.iter().copied()),
-            }
-        }
-        let unreferenced: Vec<(Backend, u32)> = installed
-            .backends
-            .iter()
-            .filter(|(_, id)| !referenced.contains(id))
-            .map(|(b, id)| (*b, *id))
-            .collect();
-        let mut removed = 0;
-        for (backend, id) in unreferenced {
-            match self.backends.remove(&id) {
+/// Deletes in batches, stepping over keys already gone.
+fn delete<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    batches: &mut bool,
+    keys: &[K],
+) {
+    let mut next = 0;
+    while next < keys.len() {
+        let end = (next + BATCH).min(keys.len());
+        if *batches {
+            let fd = aya::maps::IterableMap::map(&*map).fd().as_fd();
+            match batch::delete(fd, &keys[next..end]) {
                 Ok(()) => {
-                    installed.backends.remove(&backend);
-                    removed += 1;
+                    next = end;
+                    continue;
                 }
-                Err(e) => warn!(id, error = %e, "could not remove an unused backend"),
+                // The key at `done` is gone already (or cannot go): step over it.
+                Err(BatchError::Failed { done, .. }) => {
+                    next += done + 1;
+                    continue;
+                }
+                Err(BatchError::Unsupported) => *batches = false,
             }
         }
-        removed
+        for key in &keys[next..end] {
+            let _ = map.remove(key);
+        }
+        next = end;
+    }
+}
+
+impl Maps for KernelMaps {
+    fn write_backends(&mut self, ids: &[u32], backends: &[Backend]) -> Result<(), Partial> {
+        let target = (names::BACKENDS, weft_common::maps::BACKENDS_CAPACITY);
+        write(&mut self.backends, &mut self.batches, target, ids, backends)
+    }
+
+    fn write_chunks(&mut self, keys: &[MaglevKey], chunks: &[MaglevChunk]) -> Result<(), Partial> {
+        let target = (names::MAGLEV, weft_common::maps::MAGLEV_CAPACITY);
+        write(&mut self.maglev, &mut self.batches, target, keys, chunks)
+    }
+
+    fn write_services(
+        &mut self,
+        keys: &[ServiceKey],
+        values: &[ServiceValue],
+    ) -> Result<(), Partial> {
+        let target = (names::SERVICES, weft_common::maps::SERVICES_CAPACITY);
+        write(&mut self.services, &mut self.batches, target, keys, values)
+    }
+
+    fn delete_services(&mut self, keys: &[ServiceKey]) {
+        delete(&mut self.services, &mut self.batches, keys);
+    }
+
+    fn delete_chunks(&mut self, keys: &[MaglevKey]) {
+        delete(&mut self.maglev, &mut self.batches, keys);
+    }
+
+    fn delete_backends(&mut self, ids: &[u32]) {
+        delete(&mut self.backends, &mut self.batches, ids);
+    }
+}
+
+/// The maps in memory, with the kernel's capacities: for tests of what `install` writes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MemoryMaps {
+    pub services: StdHashMap<ServiceKey, ServiceValue>,
+    pub backends: StdHashMap<u32, Backend>,
+    pub maglev: StdHashMap<MaglevKey, MaglevChunk>,
+    /// Capacities (the kernel's unless a test lowers them).
+    pub capacity: (usize, usize, usize),
+}
+
+impl MemoryMaps {
+    pub fn new() -> MemoryMaps {
+        use weft_common::maps::*;
+        MemoryMaps {
+            capacity: (
+                SERVICES_CAPACITY as usize,
+                BACKENDS_CAPACITY as usize,
+                MAGLEV_CAPACITY as usize,
+            ),
+            ..MemoryMaps::default()
+        }
+    }
+}
+
+fn put<K: std::hash::Hash + Eq + Copy, V: Copy>(
+    map: &mut StdHashMap<K, V>,
+    (name, capacity): (&'static str, usize),
+    keys: &[K],
+    values: &[V],
+) -> Result<(), Partial> {
+    for (written, (key, value)) in keys.iter().zip(values).enumerate() {
+        if !map.contains_key(key) && map.len() >= capacity {
+            return Err(Partial {
+                written,
+                failure: WriteFailure::Full {
+                    map: name,
+                    capacity: capacity as u32,
+                },
+            });
+        }
+        map.insert(*key, *value);
+    }
+    Ok(())
+}
+
+impl Maps for MemoryMaps {
+    fn write_backends(&mut self, ids: &[u32], backends: &[Backend]) -> Result<(), Partial> {
+        put(
+            &mut self.backends,
+            (names::BACKENDS, self.capacity.1),
+            ids,
+            backends,
+        )
+    }
+
+    fn write_chunks(&mut self, keys: &[MaglevKey], chunks: &[MaglevChunk]) -> Result<(), Partial> {
+        put(
+            &mut self.maglev,
+            (names::MAGLEV, self.capacity.2),
+            keys,
+            chunks,
+        )
+    }
+
+    fn write_services(
+        &mut self,
+        keys: &[ServiceKey],
+        values: &[ServiceValue],
+    ) -> Result<(), Partial> {
+        put(
+            &mut self.services,
+            (names::SERVICES, self.capacity.0),
+            keys,
+            values,
+        )
+    }
+
+    fn delete_services(&mut self, keys: &[ServiceKey]) {
+        keys.iter().for_each(|k| {
+            self.services.remove(k);
+        });
+    }
+
+    fn delete_chunks(&mut self, keys: &[MaglevKey]) {
+        keys.iter().for_each(|k| {
+            self.maglev.remove(k);
+        });
+    }
+
+    fn delete_backends(&mut self, ids: &[u32]) {
+        ids.iter().for_each(|k| {
+            self.backends.remove(k);
+        });
     }
 }

@@ -1,11 +1,15 @@
 //! The datapath: sole owner of weft's kernel programs, links and maps — the only module that
-//! imports aya. It loads and attaches (or adopts what is pinned), and writes the maps in
-//! commit order from the planner's changes.
+//! imports aya. It loads and attaches (or adopts what is pinned), writes the maps in commit
+//! order from the planner's per-service plans, keeps count of what they hold, and checks
+//! that its pins still exist.
 
+mod adopt;
 mod attach;
+mod batch;
 mod error;
 mod events;
 mod fs;
+mod install;
 mod maps;
 mod observe;
 mod pins;
@@ -19,12 +23,18 @@ use tracing::{info, warn};
 pub use error::DatapathError;
 pub use events::{EventReader, EventRing};
 pub use fs::discover_cgroup2_root;
-pub use maps::{ApplyFailure, WriteFailure};
+pub use install::{ApplyFailure, ApplyReport, Counts, Installed, Removal};
+pub use maps::{Maps, MemoryMaps, WriteFailure};
 pub use observe::{KernelCounters, Observer};
 pub use pins::PinsMissing;
 pub use reset::{ResetReport, reset};
 
-use crate::plan::{Changes, Installed};
+use crate::{
+    config::Frontend,
+    layout,
+    plan::ServicePlan,
+    store::{Removed, ServiceId},
+};
 
 /// The kernel object built by `cargo xtask build` (empty if built otherwise).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft-ebpf.o"));
@@ -34,19 +44,8 @@ pub struct Options {
     pub cgroup: PathBuf,
 }
 
-/// What one `apply` did.
-#[derive(Debug, Default)]
-pub struct ApplyReport {
-    pub services_written: usize,
-    pub services_removed: usize,
-    pub backends_added: usize,
-    pub backends_removed: usize,
-    /// Services not brought to their desired state (the daemon retries them).
-    pub failures: Vec<ApplyFailure>,
-}
-
 pub struct Datapath {
-    maps: maps::Maps,
+    maps: maps::KernelMaps,
     events: Option<EventRing>,
     observer: Option<Observer>,
     attachments: Vec<attach::Attachment>,
@@ -68,7 +67,7 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&layout.maps)
             .load(OBJECT)
-            .map_err(|source| DatapathError::Load(Box::new(source)))?;
+            .map_err(|error| DatapathError::Load(Box::new(error)))?;
         let attachments = attach::attach_all(&mut ebpf, &options.cgroup, &layout.links)?;
         for attachment in &attachments {
             info!(
@@ -77,34 +76,33 @@ impl Datapath {
                 "program attached"
             );
         }
-        let mut maps = maps::Maps::take(&mut ebpf)?;
+        let mut maps = maps::KernelMaps::take(&mut ebpf)?;
         let ring = ebpf
             .take_map(weft_common::maps::EVENTS)
             .ok_or(DatapathError::MissingMap {
                 map: weft_common::maps::EVENTS,
             })?;
-        let ring = aya::maps::RingBuf::try_from(ring).map_err(|source| DatapathError::Map {
+        let ring = aya::maps::RingBuf::try_from(ring).map_err(|error| DatapathError::Map {
             map: weft_common::maps::EVENTS,
-            error: Box::new(source),
+            error: Box::new(error),
         })?;
-        let events = Some(EventRing(ring));
         let observer = Some(Observer::take(&mut ebpf)?);
-        let installed = maps.read_installed()?;
-        let orphans = maps.delete_orphan_tables(&installed)?;
+        let (installed, orphans) = adopt::read_installed(&mut maps)?;
         if orphans > 0 {
             warn!(
                 orphans,
                 "removed table chunks no service referenced (earlier agent stopped mid-update)"
             );
         }
+        let counts = installed.counts();
         info!(
-            services = installed.services.len(),
-            backends = installed.backends.len(),
+            services = counts.services,
+            backends = counts.backends,
             "adopted installed state"
         );
         Ok(Datapath {
             maps,
-            events,
+            events: Some(EventRing(ring)),
             observer,
             attachments,
             installed,
@@ -118,14 +116,14 @@ impl Datapath {
         self.events.take()
     }
 
-    /// Whether everything this datapath pinned is still pinned (see `pins`).
-    pub fn check_pins(&self) -> Result<(), PinsMissing> {
-        self.pins.check()
-    }
-
     /// The read-only view of the kernel-written maps, for whoever serves statistics (once).
     pub fn take_observer(&mut self) -> Option<Observer> {
         self.observer.take()
+    }
+
+    /// Whether everything this datapath pinned is still pinned (see `pins`).
+    pub fn check_pins(&self) -> Result<(), PinsMissing> {
+        self.pins.check()
     }
 
     /// The programs and whether each was adopted from an earlier agent's pinned link.
@@ -133,8 +131,26 @@ impl Datapath {
         self.attachments.iter().map(|a| (a.program, a.adopted))
     }
 
-    pub fn installed(&self) -> &Installed {
-        &self.installed
+    /// Entries the agent's maps hold.
+    pub fn counts(&self) -> Counts {
+        self.installed.counts()
+    }
+
+    /// Whether map writes go in batches (false on kernels without batch operations).
+    pub fn batches(&self) -> bool {
+        self.maps.batches()
+    }
+
+    /// The frontends the kernel serves now, with the service ids it knows them by.
+    pub fn installed_frontends(&self) -> Vec<(Frontend, u32)> {
+        self.installed
+            .service_keys()
+            .map(|(key, id)| (layout::frontend_of(&key), id.0))
+            .collect()
+    }
+
+    pub fn is_installed(&self, id: ServiceId) -> bool {
+        self.installed.contains(id)
     }
 
     /// Turns the kernel's per-connection records and events on or off; connect failures are
@@ -148,10 +164,24 @@ impl Datapath {
         self.maps.write_settings(bits)
     }
 
-    /// Applies changes in commit order. A service whose table cannot be written keeps its
-    /// previous one (reported in `failures`); everything else still applies.
-    pub fn apply(&mut self, changes: Changes) -> ApplyReport {
-        self.maps.apply(&mut self.installed, changes)
+    /// Removes services and writes the planned ones, in commit order. A service whose writes
+    /// fail keeps its previous state (reported in `failures`); everything else applies.
+    pub fn apply(&mut self, removed: &[Removed], plans: Vec<ServicePlan>) -> ApplyReport {
+        let removals = removed
+            .iter()
+            .map(|r| Removal {
+                id: r.id,
+                key: layout::service_key(&r.frontend),
+            })
+            .collect();
+        self.installed.apply(&mut self.maps, removals, plans)
+    }
+
+    /// Removes installed services `keep` does not want: an earlier agent's that no source
+    /// defines any more. Called once the sources have delivered everything.
+    pub fn remove_strays(&mut self, keep: impl Fn(ServiceId) -> bool) -> ApplyReport {
+        let strays = self.installed.strays(keep);
+        self.installed.apply(&mut self.maps, strays, Vec::new())
     }
 }
 

@@ -1,27 +1,36 @@
-//! Active probes: one task per (service, endpoint), straight to the endpoint address (never
-//! the service address), with jitter so many endpoints do not probe in lockstep, and a
-//! semaphore bounding how many probe sockets are open at once.
+//! Active probes, straight to the endpoint address (never the service address). One
+//! scheduler task keeps every probed endpoint in a timer heap (a few dozen bytes each, not a
+//! task each) and starts each probe when it is due, with ±10 % jitter so endpoints do not
+//! probe in lockstep; a semaphore bounds how many probe sockets are open at once.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    net::SocketAddr,
+    sync::Arc,
+};
 
+use http_body_util::Empty;
+use hyper::{Request, body::Bytes, client::conn::http1};
+use hyper_util::rt::TokioIo;
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
     sync::{Semaphore, mpsc},
-    task::JoinHandle,
     time::{Instant, sleep_until, timeout},
 };
 
-use super::{EndpointKey, endpoint_key};
-use crate::config::{Config, HealthCheck, Probe};
+use crate::{
+    config::{HealthCheck, Probe},
+    layout,
+    store::{EndpointRef, ProbeChange},
+};
 
 /// Probe sockets open at once, whatever the number of endpoints.
 pub const MAX_CONCURRENT_PROBES: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct ProbeResult {
-    pub service: String,
-    pub endpoint: SocketAddr,
+    pub target: EndpointRef,
     pub outcome: ProbeOutcome,
 }
 
@@ -71,102 +80,102 @@ impl ProbeOutcome {
     }
 }
 
+/// The control loop's handle on the scheduler task.
 pub struct Prober {
-    tasks: HashMap<EndpointKey, (HealthCheck, JoinHandle<()>)>,
-    limit: Arc<Semaphore>,
-    results: mpsc::Sender<ProbeResult>,
-    /// Probes run on the I/O runtime, not on the control loop's thread.
-    runtime: tokio::runtime::Handle,
+    changes: mpsc::UnboundedSender<ProbeChange>,
 }
 
 impl Prober {
-    pub fn new(results: mpsc::Sender<ProbeResult>, runtime: tokio::runtime::Handle) -> Self {
-        Prober {
-            tasks: HashMap::new(),
-            limit: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
-            results,
-            runtime,
-        }
+    /// Starts the scheduler on `runtime` (the I/O runtime: probes never run on the control
+    /// loop's thread); results go to `results`.
+    pub fn new(results: mpsc::Sender<ProbeResult>, runtime: &tokio::runtime::Handle) -> Self {
+        let (changes, commands) = mpsc::unbounded_channel();
+        runtime.spawn(schedule(commands, results));
+        Prober { changes }
     }
 
-    /// Number of endpoints being probed.
-    pub fn len(&self) -> usize {
-        self.tasks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-    }
-
-    /// Starts probes for new endpoints or changed checks, stops those no longer wanted.
-    pub fn sync(&mut self, config: &Config) {
-        let mut wanted: HashMap<EndpointKey, HealthCheck> = HashMap::new();
-        for service in &config.services {
-            if service.health.probe == Probe::None {
-                continue;
-            }
-            for endpoint in &service.endpoints {
-                wanted.insert(endpoint_key(service, endpoint), service.health.clone());
-            }
-        }
-        self.tasks.retain(|key, (check, task)| {
-            let keep = wanted.get(key) == Some(check);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        for (key, check) in wanted {
-            if self.tasks.contains_key(&key) {
-                continue;
-            }
-            let task = self.runtime.spawn(probe_loop(
-                key.clone(),
-                check.clone(),
-                Arc::clone(&self.limit),
-                self.results.clone(),
-            ));
-            self.tasks.insert(key, (check, task));
+    /// Starts, changes or stops probing endpoints.
+    pub fn apply(&self, changes: Vec<ProbeChange>) {
+        for change in changes {
+            let _ = self.changes.send(change);
         }
     }
 }
 
-impl Drop for Prober {
-    fn drop(&mut self) {
-        self.tasks.values().for_each(|(_, task)| task.abort());
-    }
+/// One probed endpoint. `generation` tells a heap entry of an earlier check from the
+/// current one, so changing or stopping a probe never needs to search the heap.
+struct Target {
+    check: Arc<HealthCheck>,
+    generation: u32,
+    jitter: Jitter,
 }
 
-async fn probe_loop(
-    key: EndpointKey,
-    check: HealthCheck,
-    limit: Arc<Semaphore>,
+/// A heap entry: when, which endpoint, of which generation.
+type Due = Reverse<(Instant, u32, SocketAddr, u32)>;
+
+async fn schedule(
+    mut changes: mpsc::UnboundedReceiver<ProbeChange>,
     results: mpsc::Sender<ProbeResult>,
 ) {
-    let mut jitter = Jitter::new(&key);
-    // The first probe goes at once (the semaphore bounds the burst): a new endpoint is not
-    // used before it passes. Later ones drift apart through the jitter.
-    let mut next = Instant::now();
+    let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES));
+    let mut targets: HashMap<EndpointRef, Target> = HashMap::new();
+    let mut heap: BinaryHeap<Due> = BinaryHeap::new();
+    let mut generations: u32 = 0;
     loop {
-        sleep_until(next).await;
-        let started = Instant::now();
-        let outcome = {
-            let Ok(_permit) = limit.acquire().await else {
-                return;
-            };
-            probe_once(key.1, &check).await
-        };
-        let result = ProbeResult {
-            service: key.0.clone(),
-            endpoint: key.1,
-            outcome,
-        };
-        if results.send(result).await.is_err() {
-            return;
+        let next = heap.peek().map(|Reverse((at, ..))| *at);
+        tokio::select! {
+            change = changes.recv() => {
+                let Some(change) = change else { return };
+                match change.check {
+                    Some(check) => {
+                        generations = generations.wrapping_add(1);
+                        // The first probe goes at once (the semaphore bounds the burst): a
+                        // new endpoint is not used before it passes.
+                        heap.push(Reverse((
+                            Instant::now(),
+                            change.target.service.0,
+                            change.target.endpoint,
+                            generations,
+                        )));
+                        targets.insert(change.target, Target {
+                            check,
+                            generation: generations,
+                            jitter: Jitter::new(change.target),
+                        });
+                    }
+                    None => {
+                        targets.remove(&change.target);
+                    }
+                }
+            }
+            () = sleep_until(next.unwrap_or_else(far_future)), if next.is_some() => {
+                let now = Instant::now();
+                while let Some(Reverse((at, service, endpoint, generation))) = heap.peek().copied() {
+                    if at > now {
+                        break;
+                    }
+                    heap.pop();
+                    let key = EndpointRef { service: crate::store::ServiceId(service), endpoint };
+                    let Some(target) = targets.get_mut(&key).filter(|t| t.generation == generation) else {
+                        continue;
+                    };
+                    // ±10 % jitter around the interval.
+                    let next = at + target.check.interval.mul_f64(0.9 + 0.2 * target.jitter.unit());
+                    heap.push(Reverse((next.max(now), service, endpoint, generation)));
+                    let (check, limit, results) = (Arc::clone(&target.check), Arc::clone(&limit), results.clone());
+                    tokio::spawn(async move {
+                        let Ok(_permit) = limit.acquire().await else { return };
+                        let outcome = probe_once(endpoint, &check).await;
+                        let _ = results.send(ProbeResult { target: key, outcome }).await;
+                    });
+                }
+            }
         }
-        // ±10 % jitter around the interval.
-        next = started + check.interval.mul_f64(0.9 + 0.2 * jitter.unit());
     }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(3600)
 }
 
 /// One probe within the check's timeout.
@@ -193,40 +202,30 @@ pub async fn probe_once(endpoint: SocketAddr, check: &HealthCheck) -> ProbeOutco
 
 /// GET `path`; the answer's status code, if it is HTTP.
 async fn http_get(endpoint: SocketAddr, path: &str) -> std::io::Result<Option<u16>> {
-    let mut stream = TcpStream::connect(endpoint).await?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nUser-Agent: weft-health\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut head = [0u8; 64];
-    let mut read = 0;
-    while read < 12 {
-        let n = stream.read(&mut head[read..]).await?;
-        if n == 0 {
-            break;
-        }
-        read += n;
+    let stream = TcpStream::connect(endpoint).await?;
+    let Ok((mut sender, connection)) = http1::handshake(TokioIo::new(stream)).await else {
+        return Ok(None);
+    };
+    tokio::spawn(connection);
+    let request = Request::get(path)
+        .header(hyper::header::HOST, endpoint.to_string())
+        .header(hyper::header::USER_AGENT, "weft-health")
+        .header(hyper::header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(std::io::Error::other)?;
+    match sender.send_request(request).await {
+        Ok(response) => Ok(Some(response.status().as_u16())),
+        Err(_) => Ok(None),
     }
-    Ok(parse_status(&head[..read]))
-}
-
-fn parse_status(head: &[u8]) -> Option<u16> {
-    let line = std::str::from_utf8(head).ok()?;
-    let mut parts = line.split(' ');
-    parts.next().filter(|v| v.starts_with("HTTP/"))?;
-    parts.next()?.parse().ok()
 }
 
 /// A small xorshift generator seeded per endpoint: jitter needs spread, not security.
 struct Jitter(u64);
 
 impl Jitter {
-    fn new(key: &EndpointKey) -> Self {
-        let seed = crate::plan::maglev::endpoint_hash(key.1.ip(), key.1.port())
-            ^ key
-                .0
-                .bytes()
-                .fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(b))
+    fn new(target: EndpointRef) -> Self {
+        let seed = layout::endpoint_hash(target.endpoint)
+            ^ layout::mix(u64::from(target.service.0))
             ^ u64::from(std::process::id());
         Jitter(seed | 1)
     }
@@ -243,14 +242,9 @@ impl Jitter {
 mod tests {
     use std::time::Duration;
 
-    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    #[test]
-    fn status_lines() {
-        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(parse_status(b"HTTP/1.0 503 Service Unavailable"), Some(503));
-        assert_eq!(parse_status(b"SSH-2.0-OpenSSH"), None);
-    }
+    use super::*;
 
     #[tokio::test]
     async fn tcp_and_http_probes_against_real_listeners() {
@@ -272,6 +266,10 @@ mod tests {
                 let reply = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
                 s.write_all(reply.as_bytes()).await.unwrap();
             }
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf).await;
+            s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await.unwrap();
         });
         let http = check(Probe::Http {
             path: "/healthz".into(),
@@ -282,6 +280,11 @@ mod tests {
             ProbeOutcome::Fail(ProbeFailure::Status(503))
         );
         assert_eq!(probe_once(addr, &http).await, ProbeOutcome::Pass, "301");
+        assert_eq!(
+            probe_once(addr, &http).await,
+            ProbeOutcome::Fail(ProbeFailure::NotHttp),
+            "not HTTP"
+        );
         server.await.unwrap();
         assert_eq!(
             probe_once(addr, &check(Probe::Tcp)).await,

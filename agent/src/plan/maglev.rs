@@ -10,75 +10,10 @@ use std::{
     cell::RefCell,
     cmp::Ordering,
     collections::{BinaryHeap, HashMap},
-    net::IpAddr,
     rc::Rc,
 };
 
-use weft_common::MAGLEV_CHUNK;
-
-/// Slots per endpoint: M ≥ 100·N keeps disruption on a change within about 1 %.
-const SLOTS_PER_ENDPOINT: u64 = 100;
-const MIN_TABLE: u64 = 101;
-/// Largest table (a prime); services with more than ~1,300 endpoints share it.
-pub const MAX_TABLE: u32 = 131_071;
-
-/// The table size for a service with `endpoints` configured endpoints: the smallest prime
-/// ≥ 100 × (endpoints rounded up to a power of two). Rounding means M stays the same while
-/// endpoints come and go within a power of two, so such changes stay minimally disruptive.
-pub fn table_size(endpoints: usize) -> u32 {
-    let rounded = (endpoints.max(1) as u64).next_power_of_two();
-    let wanted = (rounded * SLOTS_PER_ENDPOINT).max(MIN_TABLE);
-    if wanted >= u64::from(MAX_TABLE) {
-        return MAX_TABLE;
-    }
-    let mut candidate = wanted | 1;
-    while !is_prime(candidate) {
-        candidate += 2;
-    }
-    candidate.min(u64::from(MAX_TABLE)) as u32
-}
-
-/// Map elements a table of `m` slots occupies.
-pub fn chunks(m: u32) -> u32 {
-    m.div_ceil(MAGLEV_CHUNK)
-}
-
-fn is_prime(n: u64) -> bool {
-    if n < 2 {
-        return false;
-    }
-    let mut d = 2;
-    while d * d <= n {
-        if n.is_multiple_of(d) {
-            return false;
-        }
-        d += 1;
-    }
-    true
-}
-
-/// A stable 64-bit identity hash of an endpoint: the same on every agent and every run, so
-/// a restarted agent rebuilds exactly the tables that are installed.
-pub fn endpoint_hash(address: IpAddr, port: u16) -> u64 {
-    // FNV-1a over the address bytes and port, then a finalizer to spread the bits.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |byte: u8| {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    };
-    match address {
-        IpAddr::V4(a) => a.octets().into_iter().for_each(&mut feed),
-        IpAddr::V6(a) => a.octets().into_iter().for_each(&mut feed),
-    }
-    port.to_be_bytes().into_iter().for_each(&mut feed);
-    mix(hash)
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+use crate::layout::mix;
 
 /// One participant of a table: its identity hash and its effective weight.
 #[derive(Clone, Copy, Debug)]
@@ -229,13 +164,17 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::layout::{endpoint_hash, table_size};
 
     fn members(weights: &[u32]) -> Vec<Member> {
         weights
             .iter()
             .enumerate()
             .map(|(i, &weight)| Member {
-                hash: endpoint_hash(IpAddr::from([10, 1, (i >> 8) as u8, i as u8]), 8080),
+                hash: endpoint_hash(std::net::SocketAddr::new(
+                    std::net::IpAddr::from([10, 1, (i >> 8) as u8, i as u8]),
+                    8080,
+                )),
                 weight,
             })
             .collect()
@@ -245,23 +184,6 @@ mod tests {
         let mut counts = vec![0; n];
         table.iter().for_each(|&i| counts[i as usize] += 1);
         counts
-    }
-
-    #[test]
-    fn table_sizes_are_prime_and_large_enough() {
-        for n in [0, 1, 2, 3, 7, 10, 100, 1000, 5000] {
-            let m = table_size(n);
-            assert!(is_prime(u64::from(m)), "{m} not prime");
-            assert!(
-                u64::from(m) >= (100 * n as u64).min(u64::from(MAX_TABLE)),
-                "n={n} m={m}"
-            );
-        }
-        assert_eq!(
-            table_size(3),
-            table_size(4),
-            "M is stable within a power of two"
-        );
     }
 
     #[test]

@@ -1,10 +1,8 @@
-//! Desired state → what the kernel maps must hold. Pure functions, no I/O: the datapath
-//! executes what `diff` returns, in the order it returns it.
+//! What the kernel should hold for a service: its key, table size and members with their
+//! effective weights, and the Maglev table they make. Pure functions, no I/O; the datapath
+//! writes what these return.
 
-pub mod desired;
-pub mod diff;
 pub mod maglev;
-pub mod resolve;
+mod table;
 
-pub use desired::{Desired, DesiredService, desired_state};
-pub use diff::{Changes, Installed, InstalledService, ServiceUpdate, diff};
+pub use table::{Member, ServicePlan, TableInputs, build_tables};

@@ -1,2 +1,61 @@
-//! Where services come from. Today: a file; the Kubernetes source will sit beside it.
-pub mod file;
+//! Where services come from, turned into per-service deltas: each source knows what it
+//! delivered before and hands on only the services that changed. Nothing downstream knows
+//! where a service came from except its `Origin`.
+
+pub mod files;
+
+use std::{fmt, path::Path, sync::Arc};
+
+use crate::config::{ConfigError, ServiceSpec, StatsSettings};
+
+/// The file (or Kubernetes object) a service was defined in.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Origin {
+    File(Arc<Path>),
+    /// `namespace/name` of a Kubernetes Service.
+    Kubernetes(Arc<str>),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::Kubernetes(name) => f.write_str(name),
+        }
+    }
+}
+
+/// One service's change, as its origin says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delta {
+    /// The service exists now, with this definition.
+    Upsert {
+        origin: Origin,
+        spec: Arc<ServiceSpec>,
+    },
+    /// The origin no longer defines it.
+    Remove { origin: Origin, name: Arc<str> },
+}
+
+/// Whether an origin holds the agent-wide `stats:` block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatsClaim {
+    Unchanged,
+    Set(StatsSettings),
+    Cleared,
+}
+
+/// What a source tells the control loop.
+#[derive(Debug)]
+pub enum SourceEvent {
+    /// An origin changed and was accepted: the deltas of its services (possibly none).
+    Accepted {
+        origin: Origin,
+        deltas: Vec<Delta>,
+        stats: StatsClaim,
+    },
+    /// An origin was rejected whole; what it defined before keeps serving.
+    Rejected { origin: Origin, error: ConfigError },
+    /// The source delivered everything it had when it started.
+    Synced,
+}

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use weft_common::{ConnRecord, conn_flags};
 
-use crate::plan::desired::ip_from_kernel;
+use crate::layout::ip_from_kernel;
 
 /// Payload bytes this side sent that the peer acknowledged.
 pub fn bytes_sent(record: &ConnRecord) -> u64 {

@@ -1,0 +1,85 @@
+//! `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_DELETE_BATCH` (hash maps, Linux ≥ 5.6), which aya
+//! does not wrap: an install from scratch writes hundreds of thousands of elements, and one
+//! syscall per element was most of its cost.
+
+use std::os::fd::{AsRawFd as _, BorrowedFd};
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+/// `ENOTSUPP`, the kernel-internal errno a map type without batch operations returns.
+const ENOTSUPP: i32 = 524;
+
+#[derive(Debug)]
+pub enum BatchError {
+    /// The kernel (or this map type) has no batch operations: write one by one.
+    Unsupported,
+    /// The first `done` elements were processed, then element `done` failed.
+    Failed { done: usize, error: std::io::Error },
+}
+
+/// Writes `keys[i] → values[i]` in order, stopping at the first failure.
+pub fn update<K, V>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> Result<(), BatchError> {
+    debug_assert_eq!(keys.len(), values.len());
+    call(
+        BPF_MAP_UPDATE_BATCH,
+        map,
+        keys.as_ptr().cast(),
+        values.as_ptr().cast(),
+        keys.len(),
+    )
+}
+
+/// Deletes `keys` in order, stopping at the first failure (a missing key fails).
+pub fn delete<K>(map: BorrowedFd<'_>, keys: &[K]) -> Result<(), BatchError> {
+    call(
+        BPF_MAP_DELETE_BATCH,
+        map,
+        keys.as_ptr().cast(),
+        std::ptr::null(),
+        keys.len(),
+    )
+}
+
+fn call(
+    cmd: libc::c_long,
+    map: BorrowedFd<'_>,
+    keys: *const u8,
+    values: *const u8,
+    count: usize,
+) -> Result<(), BatchError> {
+    if count == 0 {
+        return Ok(());
+    }
+    let count32 = u32::try_from(count).unwrap_or(u32::MAX);
+    // bpf_attr.batch: in_batch, out_batch, keys, values (u64 each), count (u32), map_fd
+    // (u32), elem_flags, flags (u64 each).
+    let mut attr = [0u64; 8];
+    attr[2] = keys as u64;
+    attr[3] = values as u64;
+    attr[4] = u64::from(count32) | ((map.as_raw_fd() as u64) << 32);
+    // SAFETY: `attr` outlives the call and is as large as the batch member; `keys` and
+    // `values` point at `count` contiguous elements of the map's key and value sizes (the
+    // callers' typed slices), which the kernel only reads.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP) if attr[4] as u32 == count32 => {
+            Err(BatchError::Unsupported)
+        }
+        _ => Err(BatchError::Failed {
+            // On failure the kernel writes back how many elements it processed.
+            done: (attr[4] & 0xffff_ffff) as usize,
+            error,
+        }),
+    }
+}

@@ -1,0 +1,51 @@
+//! The kernel-written tables counted at one instant: one walk of the live-connection table
+//! and the reverse-NAT map, and the kernel's counters. Taken at most once a second, off the
+//! control loop (the API decides when), shared by every reader.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use weft_common::conn_flags;
+
+use super::record;
+use crate::{
+    datapath::{KernelCounters, Observer},
+    store::{ServiceId, Snapshot},
+};
+
+#[derive(Debug, Default)]
+pub struct KernelSample {
+    pub revnat_entries: u64,
+    pub conns_entries: u64,
+    pub events_lost: u64,
+    pub counters: KernelCounters,
+    /// Established translated connections per endpoint of each service.
+    pub open: HashMap<(ServiceId, SocketAddr), u64>,
+    /// The same, summed per service.
+    pub open_per_service: HashMap<ServiceId, u64>,
+}
+
+impl KernelSample {
+    /// Walks the tables (blocking syscalls, one per entry).
+    pub fn take(observer: &Observer, view: &Snapshot) -> KernelSample {
+        let records = observer.connections();
+        let mut sample = KernelSample {
+            revnat_entries: observer.revnat_entries() as u64,
+            conns_entries: records.len() as u64,
+            events_lost: observer.events_lost(),
+            counters: observer.counters(),
+            ..KernelSample::default()
+        };
+        for r in &records {
+            if r.flags & conn_flags::ESTABLISHED == 0 {
+                continue;
+            }
+            let id = ServiceId(r.service_id);
+            if view.service(id).is_none() {
+                continue;
+            }
+            *sample.open.entry((id, record::destination(r))).or_default() += 1;
+            *sample.open_per_service.entry(id).or_default() += 1;
+        }
+        sample
+    }
+}
