@@ -31,6 +31,10 @@ enum Command {
     Reset {
         #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
         bpffs_dir: PathBuf,
+        /// The agent's admin socket: if an agent answers there, the reset says it will be
+        /// undone.
+        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
+        admin_socket: PathBuf,
     },
     /// Programs attached, map usage, counts, config generation, services in panic mode.
     Status(Output),
@@ -114,7 +118,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             Ok(())
         }
-        Command::Reset { bpffs_dir } => {
+        Command::Reset {
+            bpffs_dir,
+            admin_socket,
+        } => {
             let report = datapath::reset(&bpffs_dir)?;
             println!(
                 "removed {} links and {} maps under {}",
@@ -122,6 +129,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 report.maps_removed,
                 bpffs_dir.display()
             );
+            if std::os::unix::net::UnixStream::connect(&admin_socket).is_ok() {
+                eprintln!(
+                    "weft: an agent is serving on {}: it notices within a second and installs everything again; stop it first to remove weft",
+                    admin_socket.display()
+                );
+            }
             Ok(())
         }
         Command::Status(o) => cli::run(Query::Status, o.format, o.admin_socket),

@@ -63,6 +63,16 @@ pub fn protocol(ctx: &SockAddrContext) -> u32 {
     unsafe { (*ctx.sock_addr).protocol }
 }
 
+const AF_INET6: u32 = 10;
+
+/// Whether the socket itself is IPv6 (a dual-stack socket reaches IPv4 destinations
+/// through the v4 hooks when it is given an AF_INET address or a v4-mapped one for UDP).
+#[inline(always)]
+pub fn socket_is_v6(ctx: &SockAddrContext) -> bool {
+    // SAFETY: see `read`.
+    unsafe { (*ctx.sock_addr).family == AF_INET6 }
+}
+
 /// The third word of a v4-mapped IPv6 address, ::ffff:0:0/96.
 const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 

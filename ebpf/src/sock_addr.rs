@@ -64,13 +64,28 @@ pub fn forward(ctx: &SockAddrContext, family: Family) -> i32 {
             } else {
                 backend.addr
             };
-            let peer = Peer {
-                cookie,
-                family,
-                endpoint,
-                endpoint_port: backend.port,
-                service: dst,
-                service_port: port,
+            // Replies and getpeername are seen in the socket's own family: an IPv6 socket that
+            // came through a v4 hook (UDP to a v4-mapped or AF_INET address) is answered
+            // through recvmsg6, from the v4-mapped endpoint.
+            let seen_as_v6 = family == Family::V4 && addr::socket_is_v6(ctx);
+            let peer = if seen_as_v6 {
+                Peer {
+                    cookie,
+                    family: Family::V6,
+                    endpoint: addr::v4_mapped(backend.addr[0]),
+                    endpoint_port: backend.port,
+                    service: addr::v4_mapped(dst[0]),
+                    service_port: port,
+                }
+            } else {
+                Peer {
+                    cookie,
+                    family,
+                    endpoint,
+                    endpoint_port: backend.port,
+                    service: dst,
+                    service_port: port,
+                }
             };
             let translation = RevNatValue {
                 addr: peer.service,
@@ -79,11 +94,10 @@ pub fn forward(ctx: &SockAddrContext, family: Family) -> i32 {
                 service_id,
                 backend_id,
             };
-            if remember_service(&peer, &translation) && protocol != PROTO_TCP as u32 {
-                // TCP entries leave with the connection (sock_ops, at close); other sockets
-                // have no close to follow, so they note theirs for their release.
-                sock_nat::remember(ctx, &peer, &translation);
-            }
+            let fresh = remember_service(&peer, &translation);
+            // The socket notes its entries, so its release removes exactly those (and a TCP
+            // connect that fails before its SYN, with no close to follow, leaks none).
+            sock_nat::note(ctx, &peer, &translation, fresh);
             addr::write(ctx, family, &endpoint, backend.port);
             ALLOW
         }

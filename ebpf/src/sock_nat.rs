@@ -1,7 +1,8 @@
 //! A socket's own record of its translations (`WEFT_SOCKNAT_V1`, socket storage the kernel
-//! frees with the socket). Sockets without a TCP close to follow (UDP) note each reverse-NAT
-//! entry they create, so their release removes exactly those; and a reply whose shared entry
-//! the LRU evicted still finds the service address here.
+//! frees with the socket). Every translated socket notes each reverse-NAT entry it creates,
+//! so its release removes exactly those — UDP sockets have no close to follow, and a TCP
+//! connect can fail before its SYN, when sock_ops never sees it — and a reply whose shared
+//! entry the LRU evicted still finds the service address here.
 
 use core::ffi::c_void;
 
@@ -11,16 +12,28 @@ use aya_ebpf::{
     helpers::generated::{bpf_get_socket_cookie, bpf_sk_storage_get},
     programs::{SockAddrContext, SockContext},
 };
-use weft_common::{Addr, RevNatKey, RevNatValue, SOCK_NAT_SLOTS, SockNat, SockNatEntry, counter};
+use weft_common::{
+    Addr, PROTO_TCP, RevNatKey, RevNatValue, SOCK_NAT_SLOTS, SockNat, SockNatEntry, counter,
+};
 
 use crate::{
     maps::{REVNAT, SOCK_NAT, count},
     sock_addr::Peer,
 };
 
-/// Notes a new or changed translation in the socket's record (created on first use).
+/// Notes a translation in the socket's record: always when the shared entry is new or
+/// changed (`fresh`); otherwise only if the socket has no record yet (its entry predates
+/// the record: written by an earlier release of weft, or when the record could not be
+/// allocated), so that its release still removes it.
 #[inline(always)]
-pub fn remember(ctx: &SockAddrContext, peer: &Peer, translation: &RevNatValue) {
+pub fn note(ctx: &SockAddrContext, peer: &Peer, translation: &RevNatValue, fresh: bool) {
+    if fresh || SOCK_NAT.get_ptr_mut(ctx).is_null() {
+        remember(ctx, peer, translation);
+    }
+}
+
+#[inline(always)]
+fn remember(ctx: &SockAddrContext, peer: &Peer, translation: &RevNatValue) {
     let record = SOCK_NAT.get_or_insert_ptr_mut(ctx, None);
     if record.is_null() {
         // No memory for the record: the entry then lives until the LRU evicts it.
@@ -43,8 +56,14 @@ pub fn remember(ctx: &SockAddrContext, peer: &Peer, translation: &RevNatValue) {
             known = true;
         }
     }
-    // Past SOCK_NAT_SLOTS endpoints the oldest slot is reused: that endpoint's shared entry
-    // then lives until the LRU evicts it.
+    // Past SOCK_NAT_SLOTS endpoints the oldest slot is reused, and its shared entry goes
+    // with it: replies from that endpoint then show its own address (documented), but no
+    // entry outlives the record that would remove it.
+    if !known && record.written as usize >= SOCK_NAT_SLOTS {
+        let old = &record.entries[slot];
+        let key = RevNatKey::new(peer.cookie, old.endpoint, old.endpoint_port, old.family);
+        let _ = REVNAT.remove(&key);
+    }
     record.entries[slot] = entry;
     if !known {
         record.written = record.written.wrapping_add(1);
@@ -76,11 +95,16 @@ pub fn recall(ctx: &SockAddrContext, peer: &Addr, port: u16, family: u8) -> Opti
     found
 }
 
+const TCP_CLOSE: u32 = 7;
+
 /// The socket is being released: its reverse-NAT entries go with it. An entry already gone
-/// was evicted from the full LRU while the socket lived; that is counted.
+/// was evicted from the full LRU while the socket lived, and is counted — unless this is a
+/// TCP socket that already reached CLOSE, whose entry sock_ops removed then.
 #[inline(always)]
 pub fn forget(ctx: &SockContext) {
     let sk: *mut bpf_sock = ctx.sock;
+    // SAFETY: fixed-offset context loads the verifier checks.
+    let closed_tcp = unsafe { (*sk).protocol == u32::from(PROTO_TCP) && (*sk).state == TCP_CLOSE };
     // SAFETY: the map pointer is the map's own definition (what the loader relocates);
     // sock_release programs may look up storage of the socket they run for, without creating.
     let record = unsafe {
@@ -102,7 +126,7 @@ pub fn forget(ctx: &SockContext) {
             break;
         }
         let key = RevNatKey::new(cookie, entry.endpoint, entry.endpoint_port, entry.family);
-        if REVNAT.remove(&key).is_err() {
+        if REVNAT.remove(&key).is_err() && !closed_tcp {
             count(counter::REVNAT_EVICTED);
         }
     }

@@ -11,11 +11,9 @@ use aya_ebpf::{
     helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
     programs::SockOpsContext,
 };
-use weft_common::{
-    ConnRecord, FAMILY_V4, FAMILY_V6, RevNatKey, conn_flags, counter, event, settings,
-};
+use weft_common::{ConnRecord, FAMILY_V4, FAMILY_V6, RevNatKey, conn_flags, event, settings};
 
-use crate::maps::{CONNS, EVENTS, LOST, REVNAT, SETTINGS, count};
+use crate::maps::{CONNS, EVENTS, LOST, REVNAT, SETTINGS};
 
 const AF_INET: u32 = 2;
 
@@ -180,13 +178,11 @@ fn follow_state(ctx: &SockOpsContext, record: &mut ConnRecord, old: u32, new: u3
         event::CLOSED
     };
     emit(record, kind);
-    // The socket is gone: its live record and reverse-NAT entry too. An entry already gone
-    // was evicted from the full LRU while the connection lived.
+    // The connection is over: its live record and reverse-NAT entry too (if the socket's
+    // release has not removed it already; evictions are counted there).
     let revnat = revnat_key(record);
     let cookie = record.cookie;
-    if REVNAT.remove(&revnat).is_err() {
-        count(counter::REVNAT_EVICTED);
-    }
+    let _ = REVNAT.remove(&revnat);
     let _ = CONNS.remove(&cookie);
 }
 

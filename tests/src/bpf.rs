@@ -139,6 +139,17 @@ impl<const K: usize, const V: usize> RawMap<K, V> {
         self.map.keys().filter(Result::is_ok).count()
     }
 
+    pub fn entries(&self) -> Vec<([u8; K], [u8; V])> {
+        self.map.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Removes every entry (as if the kernel had evicted them all).
+    pub fn clear(&mut self) {
+        for (key, _) in self.entries() {
+            let _ = self.map.remove(&key);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -150,4 +161,22 @@ pub fn pin_again(from: &Path, to: &Path) {
         .unwrap_or_else(|e| panic!("opening pinned map {}: {e}", from.display()));
     map.pin(to)
         .unwrap_or_else(|e| panic!("pinning at {}: {e}", to.display()));
+}
+
+/// The socket's cookie (SO_COOKIE): how the kernel programs key per-socket state.
+pub fn socket_cookie(socket: &impl std::os::fd::AsRawFd) -> u64 {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the u64 we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "SO_COOKIE: {}", std::io::Error::last_os_error());
+    cookie
 }

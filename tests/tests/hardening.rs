@@ -337,25 +337,57 @@ fn a_burst_of_admin_and_metrics_requests_does_not_delay_a_weight_change() {
         return;
     };
     fill_revnat(&env);
+    // The same change without a burst, for comparison.
+    env.agent().write_config(&web_config((0, 1)));
+    let quiet = until_connects_reach(&env, "b", Duration::from_secs(30));
+    env.agent().write_config(&web_config((1, 0)));
+    until_connects_reach(&env, "a", Duration::from_secs(30));
+
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicUsize::new(0));
     const CLIENTS: usize = 1000;
     let socket = env.agent().admin_socket();
-    let burst: Vec<_> = (0..CLIENTS)
-        .map(|_| {
+    // Mostly status, and a share of each request that reads the kernel's tables.
+    let paths = [
+        "/v1/status",
+        "/v1/status",
+        "/v1/conns",
+        "/v1/endpoints",
+        "/v1/stats",
+    ];
+    let mut burst: Vec<_> = (0..CLIENTS)
+        .map(|i| {
             let (stop, answered, socket) =
                 (Arc::clone(&stop), Arc::clone(&answered), socket.clone());
+            let path = paths[i % paths.len()];
             std::thread::spawn(move || {
                 let started = Instant::now();
                 // Bounded: until told, or 60 s whatever happens.
                 while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
-                    if weft_tests::agent::admin_get(&socket, "/v1/status").is_ok() {
+                    if weft_tests::agent::admin_get(&socket, path).is_ok() {
                         answered.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             })
         })
         .collect();
+    // And scrapers, every 10 ms each.
+    for _ in 0..10 {
+        let stop = Arc::clone(&stop);
+        burst.push(env.netns.spawn(move || {
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+                let _ = std::net::TcpStream::connect(weft_tests::metrics::METRICS_ADDR).and_then(
+                    |mut s| {
+                        use std::io::{Read as _, Write as _};
+                        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+                        s.read_to_end(&mut Vec::new())
+                    },
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }));
+    }
     std::thread::sleep(Duration::from_millis(500));
     let in_flight_before = answered.load(Ordering::Relaxed);
     env.agent().write_config(&web_config((0, 1)));
@@ -369,11 +401,12 @@ fn a_burst_of_admin_and_metrics_requests_does_not_delay_a_weight_change() {
         .into_iter()
         .for_each(|t| t.join().expect("burst client"));
     println!(
-        "{CLIENTS} concurrent GET /v1/status with WEFT_REVNAT_V1 full: weight change used after \
-         {:.0} ms, a scrape answered in {:.0} ms ({} status answers meanwhile)",
+        "{CLIENTS} concurrent admin requests and 10 scrapers with WEFT_REVNAT_V1 full: weight \
+         change used after {:.0} ms (without the burst: {:.0} ms), a scrape answered in {:.0} ms \
+         ({answered_during} admin answers meanwhile)",
         weight_change.as_secs_f64() * 1000.0,
+        quiet.as_secs_f64() * 1000.0,
         scrape.as_secs_f64() * 1000.0,
-        answered_during
     );
     assert_eq!(status, 200, "{body}");
     assert!(
@@ -713,17 +746,20 @@ fn a_reset_under_a_running_agent_is_noticed_and_repaired() {
     // While it cannot reinstall (a pinned object where its maps directory belongs), it is
     // not ready.
     let bpffs = env.agent().bpffs_dir.clone();
-    let blocker = bpffs.join("maps");
     let pid = env.agent().pid() as i32;
+    let obstacle = Obstacle {
+        pid,
+        kept: format!("/sys/fs/bpf/weft-harden-blocker-{pid}").into(),
+        blocker: bpffs.join("maps"),
+    };
     // SAFETY: plain kill(2) on our own child: stopped, it cannot race the test.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     // Any map will do as the obstacle: one of the agent's, kept pinned outside its directory.
-    let kept = std::path::PathBuf::from(format!("/sys/fs/bpf/weft-harden-blocker-{pid}"));
-    weft_tests::bpf::pin_again(&bpffs.join("maps/WEFT_SETTINGS_V1"), &kept);
+    weft_tests::bpf::pin_again(&bpffs.join("maps/WEFT_SETTINGS_V1"), &obstacle.kept);
     let output = env.agent().reset();
     std::fs::create_dir_all(&bpffs).expect("recreating the bpffs directory");
-    weft_tests::bpf::pin_again(&kept, &blocker);
-    std::fs::remove_file(&kept).expect("unpinning the kept map");
+    weft_tests::bpf::pin_again(&obstacle.kept, &obstacle.blocker);
+    let _ = std::fs::remove_file(&obstacle.kept);
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
     let not_ready = wait_for_readyz(&env, 503, Duration::from_secs(5));
@@ -731,9 +767,26 @@ fn a_reset_under_a_running_agent_is_noticed_and_repaired() {
     assert!(output.status.success());
     assert!(not_ready.contains("datapath missing"), "{not_ready}");
     assert_eq!(env.agent().cli_json(&["status"])["ready"], false);
-    std::fs::remove_file(&blocker).expect("unblocking");
+    drop(obstacle);
     wait_for_readyz(&env, 200, Duration::from_secs(5));
     until_connects_reach(&env, "a", Duration::from_secs(5));
+}
+
+/// What the reset test puts in the agent's way, removed (and the agent resumed) however the
+/// test ends.
+struct Obstacle {
+    pid: i32,
+    kept: std::path::PathBuf,
+    blocker: std::path::PathBuf,
+}
+
+impl Drop for Obstacle {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.kept);
+        let _ = std::fs::remove_file(&self.blocker);
+        // SAFETY: plain kill(2) on the test's own child.
+        unsafe { libc::kill(self.pid, libc::SIGCONT) };
+    }
 }
 
 /// Polls /readyz until it answers `code`; returns its body.
@@ -774,9 +827,17 @@ fn probes_that_cannot_get_a_local_port_say_so_and_leave_the_endpoint_alone() {
         std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40001")
             .expect("narrowing the local port range");
         let target: SocketAddr = "127.0.0.2:8080".parse().unwrap();
-        (0..2)
-            .map(|_| std::net::TcpStream::connect(target).expect("holding a port"))
-            .collect::<Vec<_>>()
+        // A probe may hold one of the two ports for a moment: keep trying until both are ours.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut held = Vec::new();
+        while held.len() < 2 {
+            match std::net::TcpStream::connect(target) {
+                Ok(stream) => held.push(stream),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+            assert!(Instant::now() < deadline, "could not take both local ports");
+        }
+        held
     });
     let mark = env.agent().log_mark();
     let line = env
@@ -791,4 +852,194 @@ fn probes_that_cannot_get_a_local_port_say_so_and_leave_the_endpoint_alone() {
         "a probe that was never sent says nothing about the endpoint"
     );
     drop(held);
+}
+
+/// Two one-endpoint UDP services per test below, plus four more for the many-endpoints case.
+fn udp_services(count: usize) -> String {
+    let mut text = String::from("services:\n");
+    for i in 0..count {
+        text.push_str(&format!(
+            "  - {{ name: u{i}, address: 10.96.1.{}, port: 53, protocol: udp, endpoints: [ {{ address: 127.0.0.{}, port: 5353 }} ] }}\n",
+            i + 1,
+            i + 2
+        ));
+    }
+    text.push_str("  - { name: u6, address: fd00::53, port: 53, protocol: udp, endpoints: [ { address: \"fd00::2\", port: 5353 } ] }\n");
+    text
+}
+
+fn revnat(env: &Env) -> weft_tests::bpf::RawMap<32, 28> {
+    weft_tests::bpf::RawMap::open(&env.agent().bpffs_dir.join("maps/WEFT_REVNAT_V1"))
+}
+
+/// Sends one query to `service` and waits for its answer; where it came from.
+fn ask(socket: &UdpSocket, service: SocketAddr) -> SocketAddr {
+    socket.send_to(b"q", service).expect("send_to");
+    let mut buf = [0u8; 64];
+    socket.recv_from(&mut buf).expect("an answer").1
+}
+
+#[test]
+fn every_kind_of_translated_socket_leaves_no_reverse_nat_entry_behind() {
+    let Some(mut env) = weft_tests::setup("harden-revnat") else {
+        return;
+    };
+    for i in 0..6 {
+        env.backends.udp(
+            &env.netns,
+            &format!("127.0.0.{}:5353", i + 2),
+            &format!("b{i}"),
+        );
+    }
+    env.backends.udp(&env.netns, "[fd00::2]:5353", "b6");
+    env.backends.tcp(&env.netns, "127.0.0.2:8080", "t");
+    let mut config = udp_services(6);
+    config.push_str("  - { name: tcp, address: 10.96.2.1, port: 80, health: { kind: none }, endpoints: [ { address: 127.0.0.2, port: 8080 } ] }\n");
+    env.start_agent(&config);
+    let service = |i: usize| -> SocketAddr { format!("10.96.1.{}:53", i + 1).parse().unwrap() };
+
+    // Connected UDP: replies and getpeername show the service.
+    env.client(move || {
+        let socket = udp_socket();
+        socket.connect(service(0)).expect("connect");
+        assert_eq!(socket.peer_addr().unwrap(), service(0));
+        socket.send(b"q").expect("send");
+        let mut buf = [0u8; 64];
+        let (_, from) = socket.recv_from(&mut buf).expect("answer");
+        assert_eq!(from, service(0), "connected UDP reply");
+    });
+    assert_eq!(wait_for_revnat(&env, 0), 0, "connected UDP");
+
+    // IPv6, and a dual-stack socket reaching an IPv4 service by its v4-mapped address.
+    env.client(move || {
+        let v6: SocketAddr = "[fd00::53]:53".parse().unwrap();
+        let socket = UdpSocket::bind("[::1]:0").expect("bind v6");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        assert_eq!(ask(&socket, v6), v6, "IPv6 reply");
+        let mapped: SocketAddr = "[::ffff:10.96.1.1]:53".parse().unwrap();
+        let dual = UdpSocket::bind("[::]:0").expect("bind dual-stack");
+        dual.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        assert_eq!(ask(&dual, mapped), mapped, "v4-mapped reply");
+    });
+    assert_eq!(wait_for_revnat(&env, 0), 0, "IPv6 and v4-mapped UDP");
+
+    // One socket, six services: at most four entries at a time, none left after.
+    env.client(move || {
+        let socket = udp_socket();
+        for i in 0..6 {
+            assert_eq!(ask(&socket, service(i)), service(i), "service {i}");
+        }
+    });
+    assert_eq!(
+        wait_for_revnat(&env, 0),
+        0,
+        "a socket that talked to six services"
+    );
+
+    // A socket whose entry is already there (written by an earlier release of weft, which
+    // kept no record per socket): its release still removes it.
+    let first = udp_socket_in(&env);
+    let observed = {
+        assert_eq!(
+            env.client({
+                let first = first.try_clone().unwrap();
+                move || ask(&first, service(0))
+            }),
+            service(0)
+        );
+        revnat(&env).entries()
+    };
+    assert_eq!(observed.len(), 1, "one entry for the first socket");
+    let second = udp_socket_in(&env);
+    let mut key = observed[0].0;
+    key[..8].copy_from_slice(&weft_tests::bpf::socket_cookie(&second).to_ne_bytes());
+    revnat(&env)
+        .insert(key, observed[0].1)
+        .expect("an old agent's entry");
+    let second_for_client = second.try_clone().unwrap();
+    assert_eq!(
+        env.client(move || ask(&second_for_client, service(0))),
+        service(0)
+    );
+    drop((first, second));
+    assert_eq!(
+        wait_for_revnat(&env, 0),
+        0,
+        "entries that predate their socket's record"
+    );
+
+    // Evicted between a query and its answer: the socket's own record answers.
+    let recovered_before =
+        weft_tests::metrics::scrape(&env.netns).value("weft_reverse_nat_recovered_total", &[]);
+    let socket = udp_socket_in(&env);
+    let query = socket.try_clone().unwrap();
+    env.client(move || query.send_to(b"q", service(1)).expect("send_to"));
+    std::thread::sleep(Duration::from_millis(100));
+    revnat(&env).clear();
+    let mut buf = [0u8; 64];
+    let (_, from) = socket.recv_from(&mut buf).expect("an answer");
+    assert_eq!(from, service(1), "answer after its entry was evicted");
+    drop(socket);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let recovered =
+            weft_tests::metrics::scrape(&env.netns).value("weft_reverse_nat_recovered_total", &[]);
+        if recovered > recovered_before {
+            println!("replies recovered from the socket's record: {recovered}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the recovery was not counted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // TCP connects that fail before their SYN (no local port left): no entry leaks.
+    let held = env.netns.run(|| {
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40000")
+            .expect("narrowing the local port range");
+        let endpoint: SocketAddr = "127.0.0.2:8080".parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            // The agent's probes (none here) or anything else may hold the port a moment.
+            if let Ok(stream) = std::net::TcpStream::connect(endpoint) {
+                break stream;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "could not take the one local port"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let failed = env.client(move || {
+        let tcp: SocketAddr = "10.96.2.1:80".parse().unwrap();
+        (0..100)
+            .filter(|_| {
+                matches!(
+                    std::net::TcpStream::connect(tcp),
+                    Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+                )
+            })
+            .count()
+    });
+    assert_eq!(failed, 100, "every connect lacked a local port");
+    drop(held);
+    assert_eq!(
+        wait_for_revnat(&env, 0),
+        0,
+        "TCP connects that failed before their SYN"
+    );
+    let evicted =
+        weft_tests::metrics::scrape(&env.netns).value("weft_reverse_nat_evictions_total", &[]);
+    assert_eq!(
+        evicted, 1.0,
+        "only the entry the test removed counts as evicted; every other left with its socket"
+    );
+}
+
+/// A UDP socket created inside the test's network namespace (and so its cgroup's programs
+/// see it when the test's client thread uses it).
+fn udp_socket_in(env: &Env) -> UdpSocket {
+    env.client(udp_socket)
 }

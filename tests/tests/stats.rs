@@ -122,7 +122,10 @@ fn exact_bytes_show_live_and_in_the_metrics_after_close() {
     });
     let delta = |name: &str| after.value(name, &labels) - before.value(name, &labels);
     assert_eq!(delta("weft_endpoint_tcp_sent_bytes_total"), SENT as f64);
-    assert_eq!(delta("weft_endpoint_tcp_received_bytes_total"), RECEIVED as f64);
+    assert_eq!(
+        delta("weft_endpoint_tcp_received_bytes_total"),
+        RECEIVED as f64
+    );
     assert_eq!(delta("weft_endpoint_tcp_connections_opened_total"), 1.0);
     assert_eq!(delta("weft_endpoint_tcp_connections_closed_total"), 1.0);
     let web = [("service", "web")];
@@ -160,7 +163,10 @@ fn a_thousand_connections_are_counted_exactly_and_leave_the_table() {
     assert_eq!(delta("weft_endpoint_tcp_connections_opened_total"), 1000.0);
     assert_eq!(delta("weft_endpoint_tcp_connections_closed_total"), 1000.0);
     assert_eq!(delta("weft_endpoint_tcp_connect_failures_total"), 0.0);
-    assert_eq!(after.value("weft_endpoint_tcp_connections_open", &labels), 0.0);
+    assert_eq!(
+        after.value("weft_endpoint_tcp_connections_open", &labels),
+        0.0
+    );
     assert_eq!(after.value("weft_events_lost_total", &[]), 0.0);
     let conns = env.agent().cli_json(&["conns"]);
     assert_eq!(conns, Value::Array(vec![]), "the live table is empty again");
@@ -196,7 +202,8 @@ fn refused_connects_are_counted_per_endpoint() {
     // for both.
     let after = scrape_until(&env, "the failures and the opened counted", |s| {
         s.value("weft_endpoint_tcp_connect_failures_total", &dead) >= refused as f64
-            && s.value("weft_endpoint_tcp_connections_opened_total", &web_a()) >= (300 - refused) as f64
+            && s.value("weft_endpoint_tcp_connections_opened_total", &web_a())
+                >= (300 - refused) as f64
     });
     assert_eq!(
         after.value("weft_endpoint_tcp_connect_failures_total", &dead),

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::{Mutex, Semaphore, broadcast, watch};
+use tokio::sync::{Mutex, broadcast, watch};
 use weft_common::{ConnRecord, event, maps as names};
 
 use super::{
@@ -33,8 +33,8 @@ use crate::{
 /// How old a kernel sample or a metrics exposition may be when a request is answered.
 const FRESH: Duration = Duration::from_secs(1);
 
-/// Kernel table walks (`weft conns`) that may run at once; more requests wait their turn.
-const CONCURRENT_WALKS: usize = 2;
+/// A value computed at most once per `FRESH`, and when it was.
+type Cache<T> = Arc<Mutex<Option<(Instant, T)>>>;
 
 pub struct Shared {
     view: watch::Receiver<Arc<Snapshot>>,
@@ -43,11 +43,12 @@ pub struct Shared {
     observer: RwLock<Option<Arc<Observer>>>,
     follow: broadcast::Sender<ConnEvent>,
     started: Instant,
-    sample: Mutex<Option<(Instant, Arc<KernelSample>)>>,
+    sample: Cache<Arc<KernelSample>>,
+    /// The last walk of the live-connection table, while someone still holds it.
+    conns: Cache<Weak<Vec<ConnRecord>>>,
     /// The last exposition, while someone still holds it: scrapers arriving within `FRESH`
     /// share it, and nothing keeps megabytes of text alive between scrapes.
-    exposition: Mutex<Option<(Instant, Weak<String>)>>,
-    walks: Semaphore,
+    exposition: Cache<Weak<String>>,
 }
 
 impl Shared {
@@ -62,9 +63,9 @@ impl Shared {
             observer: RwLock::default(),
             follow,
             started: Instant::now(),
-            sample: Mutex::default(),
-            exposition: Mutex::default(),
-            walks: Semaphore::new(CONCURRENT_WALKS),
+            sample: Arc::default(),
+            conns: Arc::default(),
+            exposition: Arc::default(),
         }
     }
 
@@ -116,72 +117,95 @@ impl Shared {
     /// The kernel tables as of at most `FRESH` ago. Concurrent callers share one walk, which
     /// runs on a blocking thread.
     pub async fn sample(&self) -> Arc<KernelSample> {
-        let mut cached = self.sample.lock().await;
+        let mut cached = Arc::clone(&self.sample).lock_owned().await;
         if let Some((taken, sample)) = cached.as_ref()
             && taken.elapsed() < FRESH
         {
             return Arc::clone(sample);
         }
         let (observer, view) = (self.observer(), self.view());
-        let sample = tokio::task::spawn_blocking(move || {
-            observer.map_or_else(KernelSample::default, |o| KernelSample::take(&o, &view))
-        })
-        .await
-        .unwrap_or_default();
-        let sample = Arc::new(sample);
-        *cached = Some((Instant::now(), Arc::clone(&sample)));
-        sample
+        // The walk and the cache update run in a task that holds the lock: a request that
+        // gives up waiting neither cancels the walk nor lets the next one start another.
+        let task = tokio::spawn(async move {
+            let sample = tokio::task::spawn_blocking(move || {
+                observer.map_or_else(KernelSample::default, |o| KernelSample::take(&o, &view))
+            })
+            .await
+            .unwrap_or_default();
+            let sample = Arc::new(sample);
+            *cached = Some((Instant::now(), Arc::clone(&sample)));
+            sample
+        });
+        task.await.unwrap_or_default()
     }
 
     /// The metrics exposition (OpenMetrics text) as of at most `FRESH` ago.
     pub async fn exposition(self: &Arc<Self>) -> Arc<String> {
-        let mut cached = self.exposition.lock().await;
+        let mut cached = Arc::clone(&self.exposition).lock_owned().await;
         if let Some((taken, text)) = cached.as_ref()
             && taken.elapsed() < FRESH
             && let Some(text) = text.upgrade()
         {
             return text;
         }
-        let sample = self.sample().await;
         let shared = Arc::clone(self);
-        let text = tokio::task::spawn_blocking(move || {
-            for map in shared.maps(&sample) {
-                if let Some(entries) = map.entries {
-                    shared.metrics.set_map(&map.name, entries, map.capacity);
+        let task = tokio::spawn(async move {
+            let sample = shared.sample().await;
+            let text = tokio::task::spawn_blocking(move || {
+                for map in shared.maps(&sample) {
+                    if let Some(entries) = map.entries {
+                        shared.metrics.set_map(&map.name, entries, map.capacity);
+                    }
                 }
-            }
-            shared.metrics.encode(shared.view(), sample)
-        })
-        .await
-        .unwrap_or_default();
-        let text = Arc::new(text);
-        *cached = Some((Instant::now(), Arc::downgrade(&text)));
-        text
+                shared.metrics.encode(shared.view(), sample)
+            })
+            .await
+            .unwrap_or_default();
+            let text = Arc::new(text);
+            *cached = Some((Instant::now(), Arc::downgrade(&text)));
+            text
+        });
+        task.await.unwrap_or_default()
     }
 
-    /// Live translated connections, optionally of one service: a walk of the kernel's table,
-    /// at most `CONCURRENT_WALKS` at a time.
+    /// The live-connection table as of at most `FRESH` ago: one walk for every request
+    /// within a second, however many ask.
+    async fn records(&self) -> Arc<Vec<ConnRecord>> {
+        let mut cached = Arc::clone(&self.conns).lock_owned().await;
+        if let Some((taken, records)) = cached.as_ref()
+            && taken.elapsed() < FRESH
+            && let Some(records) = records.upgrade()
+        {
+            return records;
+        }
+        let observer = self.observer();
+        let task = tokio::spawn(async move {
+            let records = tokio::task::spawn_blocking(move || {
+                observer.map(|o| o.connections()).unwrap_or_default()
+            })
+            .await
+            .unwrap_or_default();
+            let records = Arc::new(records);
+            *cached = Some((Instant::now(), Arc::downgrade(&records)));
+            records
+        });
+        task.await.unwrap_or_default()
+    }
+
+    /// Live translated connections, optionally of one service.
     pub async fn connections(&self, service: Option<String>) -> Vec<ConnView> {
-        let Ok(_turn) = self.walks.acquire().await else {
-            return Vec::new();
-        };
-        let (observer, view) = (self.observer(), self.view());
-        tokio::task::spawn_blocking(move || {
-            let now = record::boottime_ns();
-            let records = observer.map(|o| o.connections()).unwrap_or_default();
-            let mut conns: Vec<ConnView> = records
-                .iter()
-                .filter_map(|r| {
-                    let s = view.service(crate::store::ServiceId(r.service_id))?;
-                    (service.as_deref().is_none_or(|name| name == &*s.spec.name))
-                        .then(|| conn_view(&s.spec.name, record::destination(r), r, now))
-                })
-                .collect();
-            conns.sort_by(|a, b| (&a.service, a.src).cmp(&(&b.service, b.src)));
-            conns
-        })
-        .await
-        .unwrap_or_default()
+        let (records, view) = (self.records().await, self.view());
+        let now = record::boottime_ns();
+        let mut conns: Vec<ConnView> = records
+            .iter()
+            .filter_map(|r| {
+                let s = view.service(crate::store::ServiceId(r.service_id))?;
+                (service.as_deref().is_none_or(|name| name == &*s.spec.name))
+                    .then(|| conn_view(&s.spec.name, record::destination(r), r, now))
+            })
+            .collect();
+        conns.sort_by(|a, b| (&a.service, a.src).cmp(&(&b.service, b.src)));
+        conns
     }
 
     /// True without a name, or if the named service is in force.

@@ -14,6 +14,10 @@ pub const MAX_FILE_BYTES: u64 = 32 << 20;
 /// does not.
 pub const MAX_ALIAS_NODES: u64 = 1_000_000;
 
+/// Bytes of scalar text aliases may add: an alias of one huge anchored value is one node
+/// but copies all of it.
+pub const MAX_ALIAS_BYTES: u64 = 16 << 20;
+
 /// Errors listed in one rejection; the rest are counted.
 pub const MAX_LISTED_ERRORS: usize = 20;
 
@@ -38,57 +42,77 @@ pub enum LimitError {
     #[error("the file is {bytes} bytes, over the limit of {MAX_FILE_BYTES} bytes (32 MiB)")]
     TooLarge { bytes: u64 },
     #[error(
-        "YAML aliases would expand the file by more than {MAX_ALIAS_NODES} nodes (refused before parsing)"
+        "YAML aliases would expand the file by more than {MAX_ALIAS_NODES} nodes or {MAX_ALIAS_BYTES} bytes (refused before parsing)"
     )]
     AliasExpansion,
     #[error("YAML syntax: {0}")]
     Syntax(String),
 }
 
-/// Checks the file's aliases against `MAX_ALIAS_NODES` by walking its parse events once,
-/// counting each anchor's subtree and adding it again wherever an alias repeats it. Text
-/// without a `*` has no alias, and costs nothing.
+/// What a YAML node expands to: its nodes and scalar bytes, aliases included.
+#[derive(Clone, Copy, Default)]
+struct Size {
+    nodes: u64,
+    bytes: u64,
+}
+
+impl Size {
+    fn add(self, other: Size) -> Size {
+        Size {
+            nodes: self.nodes.saturating_add(other.nodes),
+            bytes: self.bytes.saturating_add(other.bytes),
+        }
+    }
+}
+
+/// Checks the file's aliases against `MAX_ALIAS_NODES` and `MAX_ALIAS_BYTES` by walking its
+/// parse events once, sizing each anchor's subtree and adding it again wherever an alias
+/// repeats it. Text without a `*` has no alias, and costs nothing.
 pub fn check_aliases(text: &str) -> Result<(), LimitError> {
     if !text.contains('*') {
         return Ok(());
     }
     let mut parser = Parser::new_from_str(text);
-    // Nodes per anchor id, once its node is complete.
-    let mut anchored: Vec<u64> = Vec::new();
-    // Open collections: (anchor id, nodes so far including expansions).
-    let mut open: Vec<(usize, u64)> = Vec::new();
-    let mut added: u64 = 0;
+    // Size per anchor id, once its node is complete.
+    let mut anchored: Vec<Size> = Vec::new();
+    // Open collections: (anchor id, size so far including expansions).
+    let mut open: Vec<(usize, Size)> = Vec::new();
+    let mut added = Size::default();
     loop {
         let (event, _) = parser
             .next_token()
             .map_err(|e| LimitError::Syntax(excerpt(&e.to_string(), MAX_MESSAGE_CHARS)))?;
-        let finished: Option<(usize, u64)> = match event {
+        let one = |bytes: usize| Size {
+            nodes: 1,
+            bytes: bytes as u64,
+        };
+        let finished: Option<(usize, Size)> = match event {
             Event::StreamEnd => return Ok(()),
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
-                open.push((anchor, 1));
+                open.push((anchor, one(0)));
                 None
             }
             Event::SequenceEnd | Event::MappingEnd => open.pop(),
-            Event::Scalar(_, _, anchor, _) => Some((anchor, 1)),
+            Event::Scalar(value, _, anchor, _) => Some((anchor, one(value.len()))),
             Event::Alias(anchor) => {
-                let nodes = anchored.get(anchor).copied().unwrap_or(1);
-                added = added.saturating_add(nodes);
-                if added > MAX_ALIAS_NODES {
+                let size = anchored.get(anchor).copied().unwrap_or(one(0));
+                added = added.add(size);
+                if added.nodes > MAX_ALIAS_NODES || added.bytes > MAX_ALIAS_BYTES {
                     return Err(LimitError::AliasExpansion);
                 }
-                Some((0, nodes))
+                Some((0, size))
             }
             _ => None,
         };
-        if let Some((anchor, nodes)) = finished {
+        if let Some((anchor, size)) = finished {
             if anchor > 0 {
                 if anchored.len() <= anchor {
-                    anchored.resize(anchor + 1, 1);
+                    anchored.resize(anchor + 1, one(0));
                 }
-                anchored[anchor] = nodes;
+                anchored[anchor] = size;
             }
             if let Some(parent) = open.last_mut() {
-                parent.1 = parent.1.saturating_add(nodes);
+                parent.1 = parent.1.add(size);
             }
         }
     }
@@ -120,6 +144,15 @@ mod tests {
         for level in 1..8 {
             let refs = vec![format!("*l{}", level - 1); 10].join(", ");
             text.push_str(&format!("l{level}: &l{level} [{refs}]\n"));
+        }
+        assert_eq!(check_aliases(&text), Err(LimitError::AliasExpansion));
+    }
+
+    #[test]
+    fn a_big_anchored_value_repeated_is_refused_by_its_bytes() {
+        let mut text = format!("name: &a \"{}\"\n", "x".repeat(1 << 20));
+        for i in 0..300 {
+            text.push_str(&format!("k{i}: *a\n"));
         }
         assert_eq!(check_aliases(&text), Err(LimitError::AliasExpansion));
     }

@@ -252,7 +252,8 @@ impl Agent {
             let trigger = tokio::select! {
                 _ = stop.changed() => break,
                 event = sources.recv() => {
-                    let Some(event) = event else { break };
+                    // The sources live as long as the agent: their end is a failure.
+                    let Some(event) = event else { return Err(DaemonError::ControlLoop) };
                     self.on_source(event, &mut reloads);
                     for _ in 0..BATCH {
                         let Ok(event) = sources.try_recv() else { break };
@@ -332,6 +333,7 @@ impl Agent {
 
     fn on_probe(&mut self, result: &ProbeResult) {
         if let ProbeOutcome::Inconclusive(why) = result.outcome {
+            self.wiring.shared.metrics.probe_not_sent();
             let quiet = self
                 .last_not_sent_warning
                 .is_some_and(|at| at.elapsed() < NOT_SENT_WARNING);

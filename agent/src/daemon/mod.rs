@@ -1,9 +1,11 @@
 //! `weft agent`: load the datapath, apply the config, follow its changes until signalled.
 //!
-//! Two runtimes, so that reading the agent never delays what the kernel is told: the
-//! control loop (config changes, health changes, map writes) runs alone on its own thread;
-//! everything that answers or waits on the outside world (admin API, metrics, probes, the
-//! config watcher, the kernel event reader) runs on a small I/O runtime beside it.
+//! Three runtimes, so that reading the agent never delays what the kernel is told, and a
+//! burst of admin requests never delays a liveness probe: the control loop (config changes,
+//! health changes, map writes) runs alone on its own thread; `/metrics`, `/healthz` and
+//! `/readyz` on a thread of their own; everything else that answers or waits on the outside
+//! world (admin API, probes, the config watcher, the kernel event reader) on a small I/O
+//! runtime.
 
 mod control;
 
@@ -97,11 +99,23 @@ fn serve(
     wiring: control::Wiring,
     stop: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
-    io.block_on(async {
-        api::metrics::serve(options.metrics_addr, Arc::clone(&wiring.shared)).await?;
-        api::admin::serve(options.admin_socket.clone(), Arc::clone(&wiring.shared)).await?;
-        Ok::<_, DaemonError>(())
-    })?;
+    let metrics = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    metrics.block_on(api::metrics::serve(
+        options.metrics_addr,
+        Arc::clone(&wiring.shared),
+    ))?;
+    std::thread::Builder::new()
+        .name("weft-metrics".into())
+        // Serves until the process exits.
+        .spawn(move || metrics.block_on(std::future::pending::<()>()))
+        .map_err(DaemonError::Runtime)?;
+    io.block_on(api::admin::serve(
+        options.admin_socket.clone(),
+        Arc::clone(&wiring.shared),
+    ))?;
     info!(admin = %options.admin_socket.display(), metrics = %options.metrics_addr, "listening");
     // Watching starts before the first read, so a change written while the agent starts up
     // is never missed.

@@ -137,6 +137,11 @@ impl Installed {
         plans: Vec<ServicePlan>,
     ) -> ApplyReport {
         let mut report = ApplyReport::default();
+        // Services already in the maps (or moving within them) are written before new ones:
+        // when a map is full, a new service must not take the slot a moved one just freed.
+        let moving: HashSet<ServiceId> = removals.iter().map(|r| r.id).collect();
+        let mut plans = plans;
+        plans.sort_by_key(|p| !(self.services.contains_key(&p.id) || moving.contains(&p.id)));
         self.remove(maps, removals, &mut report);
 
         // What each planned service's table is now a function of; unchanged ones stop here.

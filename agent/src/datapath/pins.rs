@@ -37,17 +37,25 @@ impl Pins {
     }
 
     /// Every link pin still exists and every map pin still names the map this agent writes.
+    /// Only a pin that is gone (or names another map) counts: a failed look (out of file
+    /// descriptors, say) says nothing, and must not tear the datapath down.
     pub fn check(&self) -> Result<(), PinsMissing> {
         let mut missing: Vec<String> = self
             .links
             .iter()
-            .filter(|path| !path.exists())
+            .filter(|path| {
+                std::fs::symlink_metadata(path)
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            })
             .map(|path| display_name(path))
             .collect();
         missing.extend(
             self.maps
                 .iter()
-                .filter(|(path, id)| pinned_map_id(path) != Some(*id))
+                .filter(|(path, id)| match pinned_map_id(path) {
+                    Ok(now) => now != *id,
+                    Err(gone) => gone,
+                })
                 .map(|(path, _)| display_name(path)),
         );
         if missing.is_empty() {
@@ -58,8 +66,12 @@ impl Pins {
     }
 }
 
-fn pinned_map_id(path: &Path) -> Option<u32> {
-    MapInfo::from_pin(path).ok().map(|info| info.id())
+/// The id of the map pinned at `path`; or whether the pin is gone (true) rather than
+/// merely unreadable (false).
+fn pinned_map_id(path: &Path) -> Result<u32, bool> {
+    MapInfo::from_pin(path).map(|info| info.id()).map_err(|_| {
+        std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    })
 }
 
 fn display_name(path: &Path) -> String {

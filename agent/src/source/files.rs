@@ -304,7 +304,7 @@ impl Files {
                 return None;
             }
             Ok(Err(error)) => return Some(self.reject(path, now, 0, error)),
-            Err(_) => return None,
+            Err(_) => return Some(self.reject(path, now, 0, parser_failed())),
         };
         let digest = digest(&bytes);
         if let Some(tracked) = self.tracked.get_mut(path)
@@ -318,9 +318,10 @@ impl Files {
             return None;
         }
         debug!(path = %path.display(), "config file changed");
+        // A panic in the parser rejects the file; it never takes the watcher down.
         let parsed = tokio::task::spawn_blocking(move || Config::from_bytes(&bytes))
             .await
-            .ok()?;
+            .unwrap_or_else(|_| Err(parser_failed()));
         Some(match parsed {
             Ok(config) => self.accept(path, now, digest, config),
             Err(error) => self.reject(path, now, digest, error),
@@ -406,6 +407,13 @@ impl Files {
             origin,
         })
     }
+}
+
+fn parser_failed() -> ConfigError {
+    ConfigError::single(
+        "",
+        "reading this file failed inside weft (a bug: please report it)",
+    )
 }
 
 /// Removals of the named services, in name order (deterministic, for logs and tests).

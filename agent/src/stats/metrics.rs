@@ -51,6 +51,7 @@ pub struct Metrics {
     revnat_evicted: KernelTotal,
     revnat_recovered: KernelTotal,
     reinstalls: Counter,
+    probes_not_sent: Counter,
     not_installed: Gauge,
     map_entries: Family<MapLabels, Gauge>,
     map_capacity: Family<MapLabels, Gauge>,
@@ -74,6 +75,7 @@ impl Metrics {
             revnat_evicted: KernelTotal::default(),
             revnat_recovered: KernelTotal::default(),
             reinstalls: Counter::default(),
+            probes_not_sent: Counter::default(),
             not_installed: Gauge::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
@@ -111,6 +113,11 @@ impl Metrics {
             "weft_datapath_reinstalls",
             "Times the agent found its pinned programs or maps removed (weft reset) and installed them again",
             m.reinstalls.clone(),
+        );
+        r.register(
+            "weft_health_probes_not_sent",
+            "Health probes that could not be sent (no local port), which count neither way",
+            m.probes_not_sent.clone(),
         );
         r.register(
             "weft_services_not_installed",
@@ -153,6 +160,10 @@ impl Metrics {
         self.map_capacity
             .get_or_create(&labels)
             .set(capacity as i64);
+    }
+
+    pub fn probe_not_sent(&self) {
+        self.probes_not_sent.inc();
     }
 
     pub fn datapath_reinstalled(&self) {
