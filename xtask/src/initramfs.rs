@@ -48,7 +48,8 @@ pub fn busybox(vm_dir: &Path) -> Result<PathBuf> {
     }
     let scratch = vm_dir.join(".busybox-download");
     let unpacked = vm_dir.join(".busybox-unpacked");
-    let result = (|| {
+    let result = debian::with_fresh_lists_on_failure(|| {
+        let _ = fs::remove_dir_all(&unpacked);
         debian::download_unpacked(BUSYBOX_PACKAGE, &scratch, &unpacked)?;
         let found = unpacked.join("bin/busybox");
         if !found.exists() {
@@ -59,8 +60,8 @@ pub fn busybox(vm_dir: &Path) -> Result<PathBuf> {
         let partial = home.join("busybox.partial");
         fs::copy(&found, &partial)?;
         fs::rename(&partial, &binary)?;
-        anyhow::Ok(())
-    })();
+        Ok(())
+    });
     for dir in [&scratch, &unpacked] {
         let _ = fs::remove_dir_all(dir);
     }

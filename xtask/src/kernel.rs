@@ -59,18 +59,21 @@ const DESCRIPTION: &str = "kernel.txt";
 
 /// The recipe's kernel under `vm_dir`, downloaded and trimmed first if it is not there yet.
 pub fn fetch(recipe: &Recipe, vm_dir: &Path) -> Result<Kernel> {
-    let package = debian::newest_numbered(recipe.package_prefix, recipe.package_suffix)?;
     let home = vm_dir.join("kernels").join(recipe.name);
-    let dir = home.join(&package);
-    if !dir.join(DESCRIPTION).exists() {
-        unpack(recipe, &package, &home, &dir)?;
-        // Older ABIs of the same recipe are no longer used: a new one replaced them.
-        for entry in fs::read_dir(&home)?.filter_map(Result::ok) {
-            if entry.file_name() != package.as_str() {
-                let _ = fs::remove_dir_all(entry.path());
-            }
+    let package = debian::with_fresh_lists_on_failure(|| {
+        let package = debian::newest_numbered(recipe.package_prefix, recipe.package_suffix)?;
+        if !home.join(&package).join(DESCRIPTION).exists() {
+            unpack(recipe, &package, &home, &home.join(&package))?;
+        }
+        Ok(package)
+    })?;
+    // Older ABIs of the same recipe are no longer used: a newer one replaced them.
+    for entry in fs::read_dir(&home)?.filter_map(Result::ok) {
+        if entry.file_name() != package.as_str() {
+            let _ = fs::remove_dir_all(entry.path());
         }
     }
+    let dir = home.join(&package);
     load(&dir).with_context(|| format!("reading the kernel in {}", dir.display()))
 }
 

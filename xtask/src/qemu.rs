@@ -3,15 +3,16 @@
 //! machines' CPUs have no VMX, and `-accel kvm` hangs rather than failing.
 
 use std::{
-    path::Path,
+    fs,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
-use crate::setup;
+use crate::debian;
 
 const QEMU: &str = "qemu-system-x86_64";
 
@@ -31,23 +32,102 @@ pub enum Ended {
     TimedOut,
 }
 
-/// QEMU itself, installed from Debian if missing.
-pub fn ensure_installed() -> Result<()> {
-    setup::ensure_debian_tool(QEMU, "qemu-system-x86")?;
-    let found = Command::new(QEMU)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        anyhow::bail!("{QEMU} is not installed and could not be (Debian package qemu-system-x86)");
-    }
-    Ok(())
+/// The QEMU to run: the host's own if it has one, else Debian's qemu-system-x86 unpacked
+/// under target/vm/qemu with those of its dependencies the host lacks. Not installed: on
+/// these machines Debian 12's qemu-system-x86 (7.2) can only be installed by removing the
+/// preinstalled qemu-utils 10.0 from bookworm-backports, which breaks qemu-system-common
+/// before 8.0.
+pub struct Qemu {
+    binary: PathBuf,
+    /// Where the packages were unpacked, when QEMU is not the host's.
+    unpacked: Option<PathBuf>,
 }
 
-pub fn run(boot: &Boot) -> Result<Ended> {
+const PACKAGE: &str = "qemu-system-x86";
+const COMPLETE: &str = "packages.txt";
+
+pub fn fetch(vm_dir: &Path) -> Result<Qemu> {
+    let host = Qemu {
+        binary: PathBuf::from(QEMU),
+        unpacked: None,
+    };
+    if host.runs() {
+        return Ok(host);
+    }
+    let root = vm_dir.join("qemu");
+    if !root.join(COMPLETE).exists() {
+        debian::with_fresh_lists_on_failure(|| unpack(vm_dir, &root))
+            .with_context(|| format!("fetching {PACKAGE}"))?;
+    }
+    let qemu = Qemu {
+        binary: root.join("usr/bin").join(QEMU),
+        unpacked: Some(root),
+    };
+    if !qemu.runs() {
+        bail!(
+            "{} does not run (missing libraries?); remove {} to fetch it again",
+            qemu.binary.display(),
+            vm_dir.join("qemu").display()
+        );
+    }
+    Ok(qemu)
+}
+
+fn unpack(vm_dir: &Path, root: &Path) -> Result<()> {
+    let scratch = vm_dir.join(".qemu-download");
+    let staging = vm_dir.join(".qemu-staging");
+    let clean = || {
+        for dir in [&scratch, &staging] {
+            let _ = fs::remove_dir_all(dir);
+        }
+    };
+    clean();
+    let result = (|| {
+        let specs = debian::missing_for(PACKAGE)?;
+        for deb in debian::download(&specs, &scratch)? {
+            debian::unpack(&deb, &staging)?;
+        }
+        fs::write(staging.join(COMPLETE), specs.join("\n") + "\n")?;
+        let _ = fs::remove_dir_all(root);
+        fs::rename(&staging, root)?;
+        anyhow::Ok(())
+    })();
+    clean();
+    result
+}
+
+impl Qemu {
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        if let Some(root) = &self.unpacked {
+            let libs: Vec<String> = ["usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu"]
+                .iter()
+                .map(|dir| root.join(dir))
+                .filter(|dir| dir.is_dir())
+                .map(|dir| dir.to_string_lossy().into_owned())
+                .collect();
+            cmd.env("LD_LIBRARY_PATH", libs.join(":"));
+            // Firmware (SeaBIOS, the option ROM that boots -kernel) is looked up in these.
+            for data in ["usr/share/qemu", "usr/share/seabios"] {
+                cmd.arg("-L").arg(root.join(data));
+            }
+        }
+        cmd
+    }
+
+    fn runs(&self) -> bool {
+        self.command()
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+pub fn run(qemu: &Qemu, boot: &Boot) -> Result<Ended> {
     let cpus = thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
-    let mut cmd = Command::new(QEMU);
+    let mut cmd = qemu.command();
     cmd.args(["-machine", "q35", "-accel", "tcg", "-cpu", "max"])
         .args(["-smp", &cpus.to_string()])
         .args(["-m", &boot.memory_mib.to_string()])
@@ -65,7 +145,9 @@ pub fn run(boot: &Boot) -> Result<Ended> {
         .arg(virtfs(boot.share, "share", false))
         // Without this QEMU puts the terminal in raw mode and reads keystrokes for the guest.
         .stdin(Stdio::null());
-    let child = cmd.spawn().with_context(|| format!("starting {QEMU}"))?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", qemu.binary.display()))?;
     let mut qemu = Running(Some(child));
     let deadline = Instant::now() + boot.time_limit;
     loop {

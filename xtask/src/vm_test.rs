@@ -23,6 +23,15 @@ use crate::{
 /// pass-through (socket_lb); restart adoption and `weft reset` leaving nothing (lifecycle).
 const TEST_FILES: &[&str] = &["socket_lb", "lifecycle"];
 
+/// Tests of those files not run in the guest (file, test, why). Only latency bounds set for
+/// native speed belong here, never a test that fails because of the kernel.
+const NOT_UNDER_TCG: &[(&str, &str, &str)] = &[(
+    "socket_lb",
+    "weight_change_applies_within_a_second_and_keeps_open_connections",
+    "its 1 s bound includes 50 sequential connects, ~0.4 s alone under TCG; \
+     it took 0.44-1.25 s in the guest depending on the host's load",
+)];
+
 /// A bound on the whole guest, boot to power-off (QEMU is killed after it): about four times
 /// the slowest run measured on the 2-core machines (~5 min while others used the cores).
 const TIME_LIMIT: Duration = Duration::from_secs(20 * 60);
@@ -32,8 +41,8 @@ const GUEST: &str = include_str!("vm/guest.sh");
 /// `started`: when the command began (its build included), for the total it prints.
 pub fn run(built: &build::Built, name: &str, filter: Option<&str>, started: Instant) -> Result<()> {
     let recipe = kernel::recipe(name)?;
-    qemu::ensure_installed()?;
     let vm_dir = build::target_dir(&util::workspace_root()).join("vm");
+    let qemu = qemu::fetch(&vm_dir)?;
     let kernel = kernel::fetch(recipe, &vm_dir)?;
     let busybox = initramfs::busybox(&vm_dir)?;
     let binaries = test_binaries(built)?;
@@ -49,18 +58,24 @@ pub fn run(built: &build::Built, name: &str, filter: Option<&str>, started: Inst
     let initramfs = run_dir.path.join("initramfs.cpio");
     write(&initramfs, &initramfs::build(&kernel, &busybox, &guest)?)?;
 
+    for (file, test, why) in NOT_UNDER_TCG {
+        eprintln!("vm: not run under TCG: {file}::{test}: {why}");
+    }
     eprintln!(
         "vm: booting {} ({} {}; {}) under QEMU/TCG",
         recipe.name, kernel.package, kernel.version, recipe.used_by
     );
     let booted = Instant::now();
-    let ended = qemu::run(&qemu::Boot {
-        vmlinuz: &kernel.vmlinuz,
-        initramfs: &initramfs,
-        share: &run_dir.path,
-        memory_mib: MEMORY_MIB,
-        time_limit: TIME_LIMIT,
-    })?;
+    let ended = qemu::run(
+        &qemu,
+        &qemu::Boot {
+            vmlinuz: &kernel.vmlinuz,
+            initramfs: &initramfs,
+            share: &run_dir.path,
+            memory_mib: MEMORY_MIB,
+            time_limit: TIME_LIMIT,
+        },
+    )?;
     let in_vm = booted.elapsed();
 
     let results = read_results(&run_dir.path.join("results"));
@@ -207,6 +222,9 @@ run() {
             "run {file} {} --test-threads=1 --nocapture",
             shell_quote(&binary.to_string_lossy())
         ));
+        for (_, test, _) in NOT_UNDER_TCG.iter().filter(|(f, _, _)| f == file) {
+            script.push_str(&format!(" --skip {}", shell_quote(test)));
+        }
         if let Some(filter) = filter {
             script.push_str(&format!(" {}", shell_quote(filter)));
         }
