@@ -46,21 +46,32 @@ pub fn attached(cgroup: &Path, attach_type: u32) -> (Vec<u32>, Vec<u32>) {
         std::io::Error::last_os_error()
     );
     let mut prog_ids = [0u32; 64];
-    let mut link_ids = [0u32; 64];
     let mut attr = [0u64; 16];
     // Layout of bpf_attr.query: target_fd u32, attach_type u32, query_flags u32,
-    // attach_flags u32, prog_ids u64, prog_cnt u32, pad, prog_attach_flags u64, link_ids u64.
+    // attach_flags u32, prog_ids u64, prog_cnt u32. Its `link_ids` stays unset: kernels
+    // before 6.6 reject the whole query when it is set (EINVAL), and for cgroup hooks the
+    // kernel does not fill it (6.18 returns zeros).
     attr[0] = fd as u64 | (u64::from(attach_type) << 32);
     attr[2] = prog_ids.as_mut_ptr() as u64;
     attr[3] = prog_ids.len() as u64;
-    attr[5] = link_ids.as_mut_ptr() as u64;
     let rc = bpf(BPF_PROG_QUERY, &mut attr);
     let error = std::io::Error::last_os_error();
     // SAFETY: closing the fd we opened.
     unsafe { libc::close(fd) };
     assert!(rc == 0, "BPF_PROG_QUERY on {}: {error}", cgroup.display());
     let count = (attr[3] & 0xffff_ffff) as usize;
-    (prog_ids[..count].to_vec(), link_ids[..count].to_vec())
+    let programs = prog_ids[..count].to_vec();
+    let links = links_of(&programs);
+    (programs, links)
+}
+
+/// The ids of the links that attach `programs`, found by walking every link in the kernel.
+fn links_of(programs: &[u32]) -> Vec<u32> {
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .filter(|link| programs.contains(&link.program_id()))
+        .map(|link| link.id())
+        .collect()
 }
 
 fn exists(cmd: i64, id: u32) -> bool {

@@ -118,6 +118,12 @@ fn sigterm_leaves_traffic_flowing_and_reset_removes_everything() {
         programs.extend(p);
         links.extend(l);
     }
+    // Each program came with its link: the check after reset must not pass by finding none.
+    assert_eq!(
+        links.len(),
+        programs.len(),
+        "links {links:?} for programs {programs:?}"
+    );
     let bpffs = env.agent().bpffs_dir.clone();
     let maps = bpf::pinned_map_ids(&bpffs.join("maps"));
     // services, backends, maglev, revnat, events, conns, lost, settings, socknat, counters

@@ -1,10 +1,16 @@
 //! Developer and operator tasks: setup, build, run (build-and-load), test, bench.
 mod bench;
 mod build;
+mod cpio;
+mod debian;
+mod initramfs;
+mod kernel;
+mod qemu;
 mod run;
 mod setup;
 mod test;
 mod util;
+mod vm_test;
 
 use clap::{Parser, Subcommand};
 
@@ -23,7 +29,8 @@ enum Command {
     Build(build::Options),
     /// Build, then run `weft agent` as root on weft.yaml (or the arguments after `--`).
     Run(run::Options),
-    /// Run unit tests and the privileged end-to-end tests.
+    /// Run unit tests and the privileged end-to-end tests (`--kernel NAME`: the socket-path
+    /// ones on another kernel under QEMU).
     Test(test::Options),
     /// Measure weft against direct, iptables, nftables and HAProxy; write docs/benchmarks.md.
     Bench(bench::Options),

@@ -1,12 +1,13 @@
 //! `cargo xtask test`: style checks, unit and property tests, then the privileged
 //! end-to-end tests against the real kernel (one at a time: they share the machine's
-//! cgroups and BPF state), then the bench's smoke run.
+//! cgroups and BPF state), then the bench's smoke run. With `--kernel NAME`, only the
+//! socket-path end-to-end tests, on that kernel under QEMU (see vm_test.rs).
 
-use std::process::Command;
+use std::{process::Command, time::Instant};
 
 use anyhow::Result;
 
-use crate::{bench, build, setup, util};
+use crate::{bench, build, setup, util, vm_test};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -15,21 +16,31 @@ pub struct Options {
     /// Skip `cargo fmt --check` and clippy.
     #[arg(long)]
     no_lint: bool,
+    /// Run the socket-path end-to-end tests on this kernel under QEMU instead (e.g.
+    /// `debian-6.1`); no lint, unit tests or bench.
+    #[arg(long, value_name = "NAME")]
+    kernel: Option<String>,
+}
+
+/// cargo in the workspace with the environment the tests build and run with.
+pub fn cargo_command(built: &build::Built, args: &[&str]) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(util::workspace_root())
+        .args(args)
+        .env("PATH", &built.path_env)
+        .env("WEFT_BIN", &built.agent)
+        .env("WEFT_EBPF_OBJECT", &built.object);
+    cmd
 }
 
 pub fn run(opts: &Options) -> Result<()> {
+    let started = Instant::now();
     let built = build::run(&build::Options { release: true })?;
+    if let Some(kernel) = &opts.kernel {
+        return vm_test::run(&built, kernel, opts.filter.as_deref(), started);
+    }
     setup::ensure_debian_tool("promtool", "prometheus")?;
-    let root = util::workspace_root();
-    let cargo = |args: &[&str]| {
-        let mut cmd = Command::new("cargo");
-        cmd.current_dir(&root)
-            .args(args)
-            .env("PATH", &built.path_env)
-            .env("WEFT_BIN", &built.agent)
-            .env("WEFT_EBPF_OBJECT", &built.object);
-        cmd
-    };
+    let cargo = |args: &[&str]| cargo_command(&built, args);
     if !opts.no_lint {
         util::run(&mut cargo(&["fmt", "--all", "--", "--check"]))?;
         // Default members only: the kernel crate builds for the BPF target alone.
