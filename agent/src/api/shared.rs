@@ -350,7 +350,7 @@ impl Shared {
             .map(|s| ServiceStats {
                 service: s.spec.name.to_string(),
                 stats: conn_stats(
-                    &s.counters.service.totals(),
+                    &s.counters.totals(),
                     sample.open_per_service.get(&s.id).copied().unwrap_or(0),
                 ),
             })
@@ -359,7 +359,7 @@ impl Shared {
         let mut total = Totals::default();
         let mut open = 0;
         for s in view.iter() {
-            let t = s.counters.service.totals();
+            let t = s.counters.totals();
             total.opened += t.opened;
             total.closed += t.closed;
             total.failed += t.failed;

@@ -446,7 +446,7 @@ impl Agent {
             trigger.message()
         );
         if work.dirty.len() > 1000 {
-            release_freed_memory();
+            super::memory::release();
         }
         report
     }
@@ -558,13 +558,6 @@ impl Agent {
             }
         }
     }
-}
-
-/// Hands memory freed by a large parse and apply back to the kernel: glibc keeps freed heap
-/// pages otherwise, and a 10,000-service install would leave the agent at its peak size.
-fn release_freed_memory() {
-    // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
-    unsafe { libc::malloc_trim(0) };
 }
 
 fn log_transition(transition: &health::Transition) {

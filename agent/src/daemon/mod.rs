@@ -8,6 +8,7 @@
 //! runtime.
 
 mod control;
+mod memory;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -54,6 +55,7 @@ pub enum DaemonError {
 }
 
 pub fn run(options: Options) -> Result<(), DaemonError> {
+    memory::tune();
     let io = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("weft-io")
@@ -76,7 +78,7 @@ pub fn run(options: Options) -> Result<(), DaemonError> {
     })?;
     let (publish, view) = watch::channel(Arc::default());
     // Followers that fall this far behind skip ahead (and are told in the agent log).
-    let follow = broadcast::channel(4096).0;
+    let follow = broadcast::channel(1024).0;
     let shared = Arc::new(Shared::new(view, follow.clone()));
     let wiring = control::Wiring {
         shared,

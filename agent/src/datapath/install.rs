@@ -17,9 +17,13 @@ use weft_common::{Backend, MAGLEV_CHUNK, MaglevChunk, MaglevKey, ServiceKey, Ser
 use super::maps::{Maps, Partial, WriteFailure};
 use crate::{
     layout,
-    plan::{Member, ServicePlan, TableInputs, build_tables},
+    plan::{Member, ServicePlan, TableInputs, build_in_batches},
     store::ServiceId,
 };
+
+/// Services whose tables are built and written together: bounds the buffers of an install
+/// from scratch (a table of 1,601 slots is 26 chunks of 264 bytes).
+const TABLE_BATCH: usize = 512;
 
 /// A service the apply could not bring to its planned state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -204,45 +208,52 @@ impl Installed {
         report.backends_added = ids.len() - self.backends.forgotten_since_write();
         self.backends.mark_written();
 
-        // Tables, where no reader looks yet.
-        let to_build: Vec<&TableInputs> = pending
-            .iter()
-            .filter(|p| p.failure.is_none())
-            .map(|p| &p.inputs)
+        // Tables, where no reader looks yet: built a batch at a time on other threads while
+        // this one writes the batch before.
+        let building: Vec<usize> = (0..pending.len())
+            .filter(|&i| pending[i].failure.is_none())
             .collect();
-        let mut tables = build_tables(&to_build).into_iter();
+        let inputs: Vec<&TableInputs> = building.iter().map(|&i| &pending[i].inputs).collect();
         let mut values: Vec<Option<ServiceValue>> = vec![None; pending.len()];
-        let (mut chunk_keys, mut chunk_values, mut owners) = (Vec::new(), Vec::new(), Vec::new());
-        for (index, p) in pending.iter().enumerate() {
-            if p.failure.is_some() {
-                continue;
-            }
-            let table = tables.next().unwrap_or_default();
-            let mut value = ServiceValue {
-                service_id: p.id.0,
-                ..ServiceValue::default()
-            };
-            if !table.is_empty() {
-                value.table_id = self.tables.allocate();
-                value.table_size = table.len() as u32;
-                for (chunk, slots) in table.chunks(MAGLEV_CHUNK as usize).enumerate() {
-                    let mut backends = [0; MAGLEV_CHUNK as usize];
-                    backends[..slots.len()].copy_from_slice(slots);
-                    chunk_keys.push(MaglevKey {
-                        table_id: value.table_id,
-                        chunk: chunk as u32,
-                    });
-                    chunk_values.push(MaglevChunk { backends });
-                    owners.push(index);
+        let mut chunk_failures: Vec<(usize, WriteFailure)> = Vec::new();
+        let tables_ids = &mut self.tables;
+        build_in_batches(&inputs, TABLE_BATCH, |offset, tables| {
+            let chunks: usize = tables
+                .iter()
+                .map(|t| t.len().div_ceil(MAGLEV_CHUNK as usize))
+                .sum();
+            let mut keys = Vec::with_capacity(chunks);
+            let mut chunk_values = Vec::with_capacity(chunks);
+            let mut owners = Vec::with_capacity(chunks);
+            for (k, table) in tables.into_iter().enumerate() {
+                let index = building[offset + k];
+                let mut value = ServiceValue {
+                    service_id: pending[index].id.0,
+                    ..ServiceValue::default()
+                };
+                if !table.is_empty() {
+                    value.table_id = tables_ids.allocate();
+                    value.table_size = table.len() as u32;
+                    for (chunk, slots) in table.chunks(MAGLEV_CHUNK as usize).enumerate() {
+                        let mut backends = [0; MAGLEV_CHUNK as usize];
+                        backends[..slots.len()].copy_from_slice(slots);
+                        keys.push(MaglevKey {
+                            table_id: value.table_id,
+                            chunk: chunk as u32,
+                        });
+                        chunk_values.push(MaglevChunk { backends });
+                        owners.push(index);
+                    }
                 }
+                values[index] = Some(value);
             }
-            values[index] = Some(value);
-        }
-        let failed = write_all(&chunk_keys, |from| {
-            maps.write_chunks(&chunk_keys[from..], &chunk_values[from..])
+            let failed = write_all(&keys, |from| {
+                maps.write_chunks(&keys[from..], &chunk_values[from..])
+            });
+            chunk_failures.extend(failed.into_iter().map(|(i, f)| (owners[i], f)));
         });
-        for (index, failure) in failed {
-            pending[owners[index]].fail(failure);
+        for (index, failure) in chunk_failures {
+            pending[index].fail(failure);
         }
 
         // Service entries: one write each publishes its table.
@@ -440,18 +451,22 @@ impl IdPool {
 }
 
 /// The endpoints in the backend map: one id per distinct endpoint address, shared by every
-/// service that uses it, counted so the last one to let go deletes it.
+/// service that uses it, counted so the last one to let go deletes it. Ids are dense (freed
+/// ones are reused first), so the slots are a vector indexed by id.
 #[derive(Default)]
 struct Backends {
     by_backend: HashMap<Backend, u32>,
-    /// By id: the backend, how many installed tables use it, whether it is in the map.
-    slots: HashMap<u32, Slot>,
+    /// By id: the backend and how many installed tables use it.
+    slots: Vec<Option<Slot>>,
+    count: usize,
     ids: IdPool,
     /// Ids whose count may have dropped to 0 (checked, not trusted).
     unused: HashSet<u32>,
     /// Allocated, not yet written.
     new: Vec<u32>,
     forgotten: usize,
+    /// Adopted ids too large to index by: deleted from the map at the first apply.
+    strays: Vec<u32>,
 }
 
 #[derive(Clone, Copy)]
@@ -460,20 +475,60 @@ struct Slot {
     refs: u32,
 }
 
+/// Ids an earlier agent may have left that are too large to index by: such backends are
+/// not adopted (no table this agent builds names them; they go with the stray services).
+const MAX_ADOPTED_ID: u32 = 4 * weft_common::maps::BACKENDS_CAPACITY;
+
 impl Backends {
     fn adopt(backends: Vec<(u32, Backend)>) -> Backends {
         let mut this = Backends::default();
         for (id, backend) in backends {
+            if id == 0 || id > MAX_ADOPTED_ID {
+                this.strays.push(id);
+                continue;
+            }
             this.ids.reserve(id);
             this.by_backend.insert(backend, id);
-            this.slots.insert(id, Slot { backend, refs: 0 });
+            this.put(id, Slot { backend, refs: 0 });
             this.unused.insert(id);
         }
+        // Ids below the highest adopted one that no backend holds are free for reuse.
+        let taken: HashSet<u32> = this.by_backend.values().copied().collect();
+        this.ids.free = (1..this.ids.next)
+            .rev()
+            .filter(|id| !taken.contains(id))
+            .collect();
         this
     }
 
+    fn slot(&self, id: u32) -> Option<&Slot> {
+        self.slots.get(id as usize)?.as_ref()
+    }
+
+    fn slot_mut(&mut self, id: u32) -> Option<&mut Slot> {
+        self.slots.get_mut(id as usize)?.as_mut()
+    }
+
+    fn put(&mut self, id: u32, slot: Slot) {
+        let index = id as usize;
+        if self.slots.len() <= index {
+            self.slots.resize(index + 1, None);
+        }
+        if self.slots[index].replace(slot).is_none() {
+            self.count += 1;
+        }
+    }
+
+    fn take(&mut self, id: u32) -> Option<Slot> {
+        let slot = self.slots.get_mut(id as usize)?.take();
+        if slot.is_some() {
+            self.count -= 1;
+        }
+        slot
+    }
+
     fn len(&self) -> usize {
-        self.slots.len() - self.new.len()
+        self.count - self.new.len()
     }
 
     fn id_for(&mut self, backend: Backend) -> u32 {
@@ -482,20 +537,24 @@ impl Backends {
         }
         let id = self.ids.allocate();
         self.by_backend.insert(backend, id);
-        self.slots.insert(id, Slot { backend, refs: 0 });
+        self.put(id, Slot { backend, refs: 0 });
         self.new.push(id);
         self.unused.insert(id);
         id
     }
 
     fn unwritten(&self) -> (Vec<u32>, Vec<Backend>) {
-        let backends = self.new.iter().map(|id| self.slots[id].backend).collect();
+        let backends = self
+            .new
+            .iter()
+            .filter_map(|&id| self.slot(id).map(|s| s.backend))
+            .collect();
         (self.new.clone(), backends)
     }
 
     /// A new backend that could not be written.
     fn forget(&mut self, id: u32) {
-        if let Some(slot) = self.slots.remove(&id) {
+        if let Some(slot) = self.take(id) {
             self.by_backend.remove(&slot.backend);
             self.ids.free(id);
             self.unused.remove(&id);
@@ -513,13 +572,13 @@ impl Backends {
     }
 
     fn acquire(&mut self, id: u32) {
-        if let Some(slot) = self.slots.get_mut(&id) {
+        if let Some(slot) = self.slot_mut(id) {
             slot.refs += 1;
         }
     }
 
     fn release(&mut self, id: u32) {
-        if let Some(slot) = self.slots.get_mut(&id) {
+        if let Some(slot) = self.slot_mut(id) {
             slot.refs = slot.refs.saturating_sub(1);
             if slot.refs == 0 {
                 self.unused.insert(id);
@@ -530,13 +589,14 @@ impl Backends {
     /// Backends no table uses: out of the registry, to delete from the map.
     fn take_unreferenced(&mut self) -> Vec<u32> {
         let candidates: Vec<u32> = self.unused.drain().collect();
-        let mut gone = Vec::new();
+        // An install from scratch marks every new backend; keep no capacity for that.
+        self.unused.shrink_to(64);
+        let mut gone = std::mem::take(&mut self.strays);
         for id in candidates {
-            if let Some(slot) = self.slots.get(&id)
-                && slot.refs == 0
+            if self.slot(id).is_some_and(|s| s.refs == 0)
+                && let Some(slot) = self.take(id)
             {
                 self.by_backend.remove(&slot.backend);
-                self.slots.remove(&id);
                 self.ids.free(id);
                 gone.push(id);
             }

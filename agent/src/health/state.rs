@@ -38,17 +38,40 @@ enum Verdict {
     Unhealthy,
 }
 
+/// One endpoint's health, kept small (16 bytes): there is one per endpoint of every service,
+/// 100,000 of them at scale.
 #[derive(Clone, Debug)]
 pub struct EndpointHealth {
     verdict: Verdict,
-    /// Consecutive probe results agreeing with each other, counting towards a threshold.
-    streak: u32,
     last_probe_ok: Option<bool>,
-    passive_failures: u32,
-    ejections: u32,
-    ejected_until: Option<Instant>,
     /// After an ejection ends, a probing endpoint waits for one passing probe.
     awaiting_probe_after_ejection: bool,
+    /// Consecutive probe results agreeing with each other, counting towards a threshold.
+    streak: u16,
+    passive_failures: u16,
+    ejections: u16,
+    ejected_until: Deadline,
+}
+
+/// An instant as milliseconds since the agent's clock base; 0 means none. Ejections last at
+/// most five minutes, far within the 49 days a `u32` of milliseconds spans.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Deadline(u32);
+
+fn clock_base() -> Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+impl Deadline {
+    fn at(instant: Instant) -> Deadline {
+        let ms = instant.saturating_duration_since(clock_base()).as_millis();
+        Deadline(u32::try_from(ms).unwrap_or(u32::MAX).max(1))
+    }
+
+    fn get(self) -> Option<Instant> {
+        (self.0 != 0).then(|| clock_base() + Duration::from_millis(u64::from(self.0)))
+    }
 }
 
 impl EndpointHealth {
@@ -64,7 +87,7 @@ impl EndpointHealth {
             last_probe_ok: None,
             passive_failures: 0,
             ejections: 0,
-            ejected_until: None,
+            ejected_until: Deadline::default(),
             awaiting_probe_after_ejection: false,
         }
     }
@@ -78,19 +101,19 @@ impl EndpointHealth {
             self.streak = 1;
         }
         self.last_probe_ok = Some(ok);
-        if ok && self.ejected_until.is_none() {
+        if ok && !self.is_ejected() {
             self.awaiting_probe_after_ejection = false;
         }
         self.verdict = match (self.verdict, ok) {
             // The first passing probe makes a new endpoint usable.
             (Verdict::Unknown, true) => Verdict::Healthy,
-            (Verdict::Unknown, false) if self.streak >= check.unhealthy_threshold => {
+            (Verdict::Unknown, false) if u32::from(self.streak) >= check.unhealthy_threshold => {
                 Verdict::Unhealthy
             }
-            (Verdict::Healthy, false) if self.streak >= check.unhealthy_threshold => {
+            (Verdict::Healthy, false) if u32::from(self.streak) >= check.unhealthy_threshold => {
                 Verdict::Unhealthy
             }
-            (Verdict::Unhealthy, true) if self.streak >= check.healthy_threshold => {
+            (Verdict::Unhealthy, true) if u32::from(self.streak) >= check.healthy_threshold => {
                 Verdict::Healthy
             }
             (verdict, _) => verdict,
@@ -102,7 +125,7 @@ impl EndpointHealth {
     /// the caller decides whether the service's ejection cap allows it (`eject`).
     pub fn on_connect_failure(&mut self, outlier: &Outlier) -> bool {
         self.passive_failures = self.passive_failures.saturating_add(1);
-        self.ejected_until.is_none() && self.passive_failures >= outlier.consecutive_failures
+        !self.is_ejected() && u32::from(self.passive_failures) >= outlier.consecutive_failures
     }
 
     pub fn on_connect_success(&mut self) {
@@ -114,17 +137,17 @@ impl EndpointHealth {
         self.ejections = self.ejections.saturating_add(1);
         let duration = outlier
             .base_ejection
-            .saturating_mul(self.ejections)
+            .saturating_mul(u32::from(self.ejections))
             .min(MAX_EJECTION);
-        self.ejected_until = Some(now + duration);
+        self.ejected_until = Deadline::at(now + duration);
         self.passive_failures = 0;
     }
 
     /// Ends an ejection whose time is up; true if something changed.
     pub fn expire(&mut self, now: Instant, probing: bool) -> bool {
-        match self.ejected_until {
+        match self.ejected_until.get() {
             Some(until) if until <= now => {
-                self.ejected_until = None;
+                self.ejected_until = Deadline::default();
                 self.awaiting_probe_after_ejection = probing;
                 true
             }
@@ -133,17 +156,17 @@ impl EndpointHealth {
     }
 
     pub fn ejected_until(&self) -> Option<Instant> {
-        self.ejected_until
+        self.ejected_until.get()
     }
 
     pub fn is_ejected(&self) -> bool {
-        self.ejected_until.is_some()
+        self.ejected_until != Deadline::default()
     }
 
     pub fn state(&self, configured_weight: u16) -> State {
         if configured_weight == 0 {
             State::Draining
-        } else if self.ejected_until.is_some() {
+        } else if self.is_ejected() {
             State::Ejected
         } else if self.awaiting_probe_after_ejection {
             State::Unhealthy
@@ -229,7 +252,13 @@ mod tests {
         assert!(h.on_connect_failure(&o));
         h.eject(&o, now);
         assert_eq!(h.state(1), State::Ejected);
-        assert_eq!(h.ejected_until(), Some(now + Duration::from_secs(30)));
+        let near = |want: Duration| {
+            let until = h.ejected_until().unwrap();
+            let want = now + want;
+            let off = until.max(want).duration_since(until.min(want));
+            assert!(off <= Duration::from_millis(1), "{until:?}");
+        };
+        near(Duration::from_secs(30));
         assert!(h.expire(now + Duration::from_secs(30), false));
         assert_eq!(
             h.state(1),
@@ -237,11 +266,18 @@ mod tests {
             "without probing it returns at expiry"
         );
         h.eject(&o, now);
-        assert_eq!(h.ejected_until(), Some(now + Duration::from_secs(60)));
+        let near = |h: &EndpointHealth, want: Duration| {
+            let until = h.ejected_until().unwrap();
+            let want = now + want;
+            let off = until.max(want).duration_since(until.min(want));
+            assert!(off <= Duration::from_millis(1), "{until:?}");
+        };
+        near(&h, Duration::from_secs(60));
         for _ in 0..20 {
             h.eject(&o, now);
         }
-        assert_eq!(h.ejected_until(), Some(now + MAX_EJECTION));
+        near(&h, MAX_EJECTION);
+        assert_eq!(std::mem::size_of::<EndpointHealth>(), 16);
     }
 
     #[test]

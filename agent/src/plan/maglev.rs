@@ -32,28 +32,30 @@ pub fn build(members: &[Member], m: u32) -> Vec<u32> {
     let m64 = u64::from(m);
     const UNSET: u32 = u32::MAX;
     let mut table = vec![UNSET; m as usize];
+    // Positions and skips fit in 32 bits (m ≤ MAX_TABLE); the table is the same as ever.
     let mut walkers: Vec<Walker> = members
         .iter()
         .map(|member| Walker {
-            position: member.hash % m64,
-            skip: mix(member.hash ^ 0x5851_f42d_4c95_7f2d) % (m64 - 1) + 1,
+            position: (member.hash % m64) as u32,
+            skip: (mix(member.hash ^ 0x5851_f42d_4c95_7f2d) % (m64 - 1) + 1) as u32,
         })
         .collect();
     for &index in turn_order(&quotas).iter() {
         let walker = &mut walkers[index as usize];
+        let (mut position, skip) = (walker.position, walker.skip);
         // The walker visits offset, offset + skip, offset + 2·skip, ... (mod m): added up
-        // instead of multiplied and divided, as this loop runs millions of times at scale.
+        // instead of multiplied and divided, the wrap without a branch, as this loop runs
+        // millions of times at scale.
         loop {
-            let slot = walker.position as usize;
-            walker.position += walker.skip;
-            if walker.position >= m64 {
-                walker.position -= m64;
-            }
+            let slot = position as usize;
+            let next = position + skip;
+            position = if next >= m { next - m } else { next };
             if table[slot] == UNSET {
                 table[slot] = index;
                 break;
             }
         }
+        walker.position = position;
     }
     table
 }
@@ -132,8 +134,8 @@ fn quotas(members: &[Member], m: u32) -> Vec<u32> {
 
 struct Walker {
     /// The next slot of this member's permutation.
-    position: u64,
-    skip: u64,
+    position: u32,
+    skip: u32,
 }
 
 /// A member's progress in the stride scheduler.

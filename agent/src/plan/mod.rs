@@ -5,4 +5,4 @@
 pub mod maglev;
 mod table;
 
-pub use table::{Member, ServicePlan, TableInputs, build_tables};
+pub use table::{Member, ServicePlan, TableInputs, build_in_batches, build_tables};

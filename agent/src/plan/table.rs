@@ -75,10 +75,12 @@ impl TableInputs {
                 weight: m.weight,
             })
             .collect();
-        maglev::build(&members, self.size)
-            .into_iter()
-            .map(|index| self.members[index as usize].backend)
-            .collect()
+        let mut table = maglev::build(&members, self.size);
+        // Member index → backend id, in place: one table allocation per build.
+        for slot in &mut table {
+            *slot = self.members[*slot as usize].backend;
+        }
+        table
     }
 }
 
@@ -108,6 +110,34 @@ pub fn build_tables(inputs: &[&TableInputs]) -> Vec<Vec<u32>> {
     })
 }
 
+/// Builds the tables of `inputs` a batch at a time, handing each batch to `consume` (with
+/// the index of its first table) while the next is built on other threads: an install from
+/// scratch overlaps building with writing, and never holds every table at once. Few enough
+/// tables are one batch, built on the calling thread.
+pub fn build_in_batches(
+    inputs: &[&TableInputs],
+    batch: usize,
+    mut consume: impl FnMut(usize, Vec<Vec<u32>>),
+) {
+    if inputs.len() <= batch {
+        consume(0, build_tables(inputs));
+        return;
+    }
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || {
+            for (n, part) in inputs.chunks(batch).enumerate() {
+                if tx.send((n * batch, build_tables(part))).is_err() {
+                    return;
+                }
+            }
+        });
+        for (offset, tables) in rx {
+            consume(offset, tables);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +160,11 @@ mod tests {
         let parallel = build_tables(&refs);
         let serial: Vec<Vec<u32>> = inputs.iter().map(TableInputs::build).collect();
         assert_eq!(parallel, serial);
+        let mut batched = Vec::new();
+        build_in_batches(&refs, 64, |offset, tables| {
+            assert_eq!(offset, batched.len(), "batches arrive in order");
+            batched.extend(tables);
+        });
+        assert_eq!(batched, serial);
     }
 }

@@ -247,31 +247,31 @@ impl Collector for ServiceCollector {
                 "weft_tcp_connections_opened",
                 "Translated TCP connections established",
                 None,
-                |s, _| s.counters.service.totals().opened,
+                |s, _| s.counters.totals().opened,
             ),
             (
                 "weft_tcp_connections_closed",
                 "Translated TCP connections closed after being established",
                 None,
-                |s, _| s.counters.service.totals().closed,
+                |s, _| s.counters.totals().closed,
             ),
             (
                 "weft_tcp_connect_failures",
                 "Translated TCP connects that failed (refused or timed out)",
                 None,
-                |s, _| s.counters.service.totals().failed,
+                |s, _| s.counters.totals().failed,
             ),
             (
                 "weft_tcp_sent",
                 "Payload bytes sent and acknowledged, counted when a connection closes",
                 Some(Unit::Bytes),
-                |s, _| s.counters.service.totals().sent,
+                |s, _| s.counters.totals().sent,
             ),
             (
                 "weft_tcp_received",
                 "Payload bytes received, counted when a connection closes",
                 Some(Unit::Bytes),
-                |s, _| s.counters.service.totals().received,
+                |s, _| s.counters.totals().received,
             ),
         ];
         for (name, help, unit, value) in &counters {

@@ -31,12 +31,24 @@ pub enum Active {
     Unset { name: Arc<str> },
 }
 
+/// One name's claims, in the order they arrived, and the one in force. The first claim is
+/// inline: nearly every name has exactly one, and 10,000 of them should cost no more.
+#[derive(Clone, Debug)]
+struct Name {
+    first: Claim,
+    later: Vec<Claim>,
+    active: Option<Claim>,
+}
+
+impl Name {
+    fn claims(&self) -> impl Iterator<Item = &Claim> {
+        std::iter::once(&self.first).chain(&self.later)
+    }
+}
+
 #[derive(Default)]
 pub struct Catalog {
-    /// Every claim per name, in the order they arrived.
-    claims: HashMap<Arc<str>, Vec<Claim>>,
-    /// The claim in force per name.
-    active: HashMap<Arc<str>, Claim>,
+    names: HashMap<Arc<str>, Name>,
     /// Which name holds each frontend.
     frontends: HashMap<Frontend, Arc<str>>,
     /// Names whose first claim waits for a frontend another name holds.
@@ -49,22 +61,51 @@ impl Catalog {
     /// `origin` defines `spec` now.
     pub fn upsert(&mut self, origin: Origin, spec: Arc<ServiceSpec>, out: &mut Vec<Active>) {
         let name = Arc::clone(&spec.name);
-        let claims = self.claims.entry(Arc::clone(&name)).or_default();
-        match claims.iter_mut().find(|c| c.origin == origin) {
-            Some(claim) => claim.spec = spec,
-            None => claims.push(Claim { origin, spec }),
+        let claim = Claim { origin, spec };
+        match self.names.get_mut(&name) {
+            None => {
+                self.names.insert(
+                    Arc::clone(&name),
+                    Name {
+                        first: claim,
+                        later: Vec::new(),
+                        active: None,
+                    },
+                );
+            }
+            Some(entry) if entry.first.origin == claim.origin => entry.first = claim,
+            Some(entry) => match entry.later.iter_mut().find(|c| c.origin == claim.origin) {
+                Some(existing) => *existing = claim,
+                None => entry.later.push(claim),
+            },
         }
         self.settle(&name, out);
     }
 
     /// `origin` no longer defines `name`.
     pub fn remove(&mut self, origin: &Origin, name: &Arc<str>, out: &mut Vec<Active>) {
-        let Some(claims) = self.claims.get_mut(name) else {
+        let Some(entry) = self.names.get_mut(name) else {
             return;
         };
-        claims.retain(|c| &c.origin != origin);
-        if claims.is_empty() {
-            self.claims.remove(name);
+        if &entry.first.origin == origin {
+            if entry.later.is_empty() {
+                // No claim left: the name goes, and whatever it had in force with it.
+                let active = entry.active.take();
+                self.names.remove(name);
+                self.conflicts.remove(&(Arc::clone(name), origin.clone()));
+                if let Some(active) = active {
+                    let mut released = Vec::new();
+                    self.release(name, &active, &mut released);
+                    out.push(Active::Unset {
+                        name: Arc::clone(name),
+                    });
+                    self.settle_released(released, out);
+                }
+                return;
+            }
+            entry.first = entry.later.remove(0);
+        } else {
+            entry.later.retain(|c| &c.origin != origin);
         }
         self.conflicts.remove(&(Arc::clone(name), origin.clone()));
         self.settle(name, out);
@@ -80,6 +121,10 @@ impl Catalog {
     fn settle(&mut self, name: &Arc<str>, out: &mut Vec<Active>) {
         let mut released = Vec::new();
         self.settle_one(name, out, &mut released);
+        self.settle_released(released, out);
+    }
+
+    fn settle_released(&mut self, mut released: Vec<Frontend>, out: &mut Vec<Active>) {
         while let Some(frontend) = released.pop() {
             let Some(waiting) = self.waiting.remove(&frontend) else {
                 continue;
@@ -91,7 +136,10 @@ impl Catalog {
     }
 
     fn settle_one(&mut self, name: &Arc<str>, out: &mut Vec<Active>, released: &mut Vec<Frontend>) {
-        let claims = self.claims.get(name).cloned().unwrap_or_default();
+        let Some(entry) = self.names.get(name) else {
+            return;
+        };
+        let claims: Vec<Claim> = entry.claims().cloned().collect();
         for later in claims.iter().skip(1) {
             let first = &claims[0];
             self.conflicts.insert(
@@ -103,7 +151,7 @@ impl Catalog {
             );
         }
         let wanted = claims.into_iter().next();
-        let current = self.active.get(name).cloned();
+        let current = entry.active.clone();
         // The frontend the wanted claim needs, and whether someone else holds it.
         if let Some(claim) = &wanted {
             let frontend = claim.spec.frontend;
@@ -111,8 +159,9 @@ impl Catalog {
                 && holder != name
             {
                 let holder_origin = self
-                    .active
+                    .names
                     .get(holder)
+                    .and_then(|n| n.active.as_ref())
                     .map(|c| c.origin.to_string())
                     .unwrap_or_default();
                 self.conflicts.insert(
@@ -160,7 +209,9 @@ impl Catalog {
                 }
                 self.frontends
                     .insert(wanted.spec.frontend, Arc::clone(name));
-                self.active.insert(Arc::clone(name), wanted.clone());
+                if let Some(entry) = self.names.get_mut(name) {
+                    entry.active = Some(wanted.clone());
+                }
                 out.push(Active::Set {
                     origin: wanted.origin,
                     spec: wanted.spec,
@@ -175,7 +226,9 @@ impl Catalog {
             self.frontends.remove(&frontend);
             released.push(frontend);
         }
-        self.active.remove(name);
+        if let Some(entry) = self.names.get_mut(name) {
+            entry.active = None;
+        }
     }
 }
 
