@@ -115,7 +115,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bpffs_dir: args.bpffs_dir,
                 admin_socket: args.admin_socket,
                 metrics_addr: args.metrics_addr,
-            })?;
+            })
+            // A refusal for want of a capability says which one.
+            .map_err(datapath::privileges::explain)?;
             Ok(())
         }
         Command::Reset {

@@ -1,10 +1,12 @@
-//! Developer and operator tasks: setup, build, run (build-and-load), test, bench.
+//! Developer and operator tasks: setup, build, run (build-and-load), test, bench, image.
 mod bench;
 mod build;
 mod cpio;
 mod debian;
+mod image;
 mod initramfs;
 mod kernel;
+mod manifests;
 mod qemu;
 mod run;
 mod setup;
@@ -34,6 +36,8 @@ enum Command {
     Test(test::Options),
     /// Measure weft against direct, iptables, nftables and HAProxy; write docs/benchmarks.md.
     Bench(bench::Options),
+    /// Build the static agent and an OCI image FROM scratch holding it: target/weft-image.oci.tar.
+    Image,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +47,6 @@ fn main() -> anyhow::Result<()> {
         Command::Run(opts) => run::run(&opts),
         Command::Test(opts) => test::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Image => image::run(),
     }
 }

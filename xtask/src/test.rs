@@ -1,13 +1,15 @@
 //! `cargo xtask test`: style checks, unit and property tests, then the privileged
 //! end-to-end tests against the real kernel (one at a time: they share the machine's
-//! cgroups and BPF state), then the bench's smoke run. With `--kernel NAME`, only the
-//! socket-path end-to-end tests, on that kernel under QEMU (see vm_test.rs).
+//! cgroups and BPF state), then the bench's smoke run. The image tests get the OCI image
+//! (`cargo xtask image`) and the manifest test gets its validator, both prepared here.
+//! With `--kernel NAME`, only the socket-path end-to-end tests, on that kernel under QEMU
+//! (see vm_test.rs).
 
 use std::{process::Command, time::Instant};
 
 use anyhow::Result;
 
-use crate::{bench, build, setup, util, vm_test};
+use crate::{bench, build, image, manifests, setup, util, vm_test};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -40,6 +42,14 @@ pub fn run(opts: &Options) -> Result<()> {
         return vm_test::run(&built, kernel, opts.filter.as_deref(), started);
     }
     setup::ensure_debian_tool("promtool", "prometheus")?;
+    // Without it the manifest test fails under CI=true and is skipped loudly elsewhere.
+    let validator = manifests::ensure_validator()
+        .inspect_err(|e| eprintln!("test: no kubernetes-validate: {e:#}"))
+        .ok();
+    // The image costs a second release build (musl), so only when its tests will run. If it
+    // cannot be built, its tests fail with the reason and the rest of the suite still runs.
+    let wanted = opts.filter.as_deref().is_none_or(|f| f.contains("image"));
+    let image = wanted.then(|| image::build_from(&built).map_err(|e| format!("{e:#}")));
     let cargo = |args: &[&str]| cargo_command(&built, args);
     if !opts.no_lint {
         util::run(&mut cargo(&["fmt", "--all", "--", "--check"]))?;
@@ -58,6 +68,19 @@ pub fn run(opts: &Options) -> Result<()> {
     util::run(&mut unit)?;
     // `--tests`: no doc-test run (there are none), so the log closes on the real suite.
     let mut e2e = cargo(&["test", "--package", "weft-tests", "--tests"]);
+    if let Some(validator) = &validator {
+        e2e.env("WEFT_KUBERNETES_VALIDATE", validator);
+    }
+    match &image {
+        Some(Ok(image)) => {
+            e2e.env("WEFT_IMAGE", &image.archive)
+                .env("WEFT_IMAGE_REFERENCE", &image.reference);
+        }
+        Some(Err(error)) => {
+            e2e.env("WEFT_IMAGE_ERROR", error);
+        }
+        None => {}
+    }
     e2e.arg("--")
         .args(&filter)
         .args(["--test-threads=1", "--nocapture"]);

@@ -1,4 +1,21 @@
-use std::path::PathBuf;
+use std::{error::Error, fmt, path::PathBuf};
+
+/// An error and its causes, one after another: aya keeps the errno in an error's source,
+/// and these messages must carry it (they are not sources themselves, so nothing prints
+/// twice).
+struct Chain<'a>(&'a (dyn Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -14,19 +31,19 @@ pub enum DatapathError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("loading the kernel object: {0}")]
+    #[error("loading the kernel object: {}", Chain(&**.0))]
     Load(Box<aya::EbpfError>),
-    #[error("program {program}: {error}")]
+    #[error("program {program}: {}", Chain(&**error))]
     Program {
         program: &'static str,
         error: Box<aya::programs::ProgramError>,
     },
-    #[error("pinned link {}: {error}", path.display())]
+    #[error("pinned link {}: {}", path.display(), Chain(&**error))]
     Link {
         path: PathBuf,
         error: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("map {map}: {error}")]
+    #[error("map {map}: {}", Chain(&**error))]
     Map {
         map: &'static str,
         error: Box<aya::maps::MapError>,

@@ -13,6 +13,7 @@ mod install;
 mod maps;
 mod observe;
 mod pins;
+pub mod privileges;
 mod reset;
 
 use std::path::{Path, PathBuf};
