@@ -11,3 +11,6 @@ pub mod plan;
 pub mod source;
 pub mod stats;
 pub mod store;
+
+#[cfg(test)]
+mod pipeline_tests;

@@ -29,12 +29,39 @@ pub fn weft_bin() -> PathBuf {
 
 impl Agent {
     pub fn start(netns: &NetNs, cgroup: &Cgroup, config: &str) -> Agent {
+        let agent = Agent::prepare(netns, cgroup, |dir| {
+            let path = dir.join("weft.yaml");
+            fs::write(&path, config).expect("writing config");
+            path
+        });
+        agent.started()
+    }
+
+    /// Starts the agent on a config directory holding `files` (name, contents).
+    pub fn start_dir(netns: &NetNs, cgroup: &Cgroup, files: &[(&str, &str)]) -> Agent {
+        let agent = Agent::prepare(netns, cgroup, |dir| {
+            let config = dir.join("conf.d");
+            fs::create_dir_all(&config).expect("creating config dir");
+            for (name, text) in files {
+                fs::write(config.join(name), text).expect("writing config file");
+            }
+            config
+        });
+        agent.started()
+    }
+
+    /// The agent's directory and config, not yet running: `config` writes the config into
+    /// the directory and returns what `--config` names.
+    pub fn prepare(
+        netns: &NetNs,
+        cgroup: &Cgroup,
+        config: impl FnOnce(&std::path::Path) -> PathBuf,
+    ) -> Agent {
         let dir = std::env::temp_dir().join(format!("{}-agent", netns.name));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("creating agent dir");
-        let config_path = dir.join("weft.yaml");
-        fs::write(&config_path, config).expect("writing config");
-        let mut agent = Agent {
+        let config_path = config(&dir);
+        Agent {
             child: None,
             log: dir.join("agent.log"),
             config: config_path,
@@ -42,10 +69,13 @@ impl Agent {
             dir,
             cgroup: cgroup.path.clone(),
             netns_fd: netns.raw_fd(),
-        };
-        agent.spawn();
-        agent.wait_for_log(0, "config applied", Duration::from_secs(60));
-        agent
+        }
+    }
+
+    fn started(mut self) -> Agent {
+        self.spawn();
+        self.wait_for_log(0, "config applied", Duration::from_secs(60));
+        self
     }
 
     /// Starts the process (again); the log is appended to.
@@ -173,6 +203,13 @@ impl Agent {
         let tmp = self.dir.join(".weft.yaml.tmp");
         fs::write(&tmp, config).expect("writing config");
         fs::rename(&tmp, &self.config).expect("replacing config");
+    }
+
+    /// Rewrites one file of a config directory atomically (an editor's save).
+    pub fn write_config_file(&self, name: &str, text: &str) {
+        let tmp = self.config.join(format!(".{name}.tmp"));
+        fs::write(&tmp, text).expect("writing config file");
+        fs::rename(&tmp, self.config.join(name)).expect("replacing config file");
     }
 
     pub fn signal(&mut self, signal: i32) -> std::process::ExitStatus {

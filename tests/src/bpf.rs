@@ -1,7 +1,12 @@
 //! Direct bpf(2) queries, independent of the agent: what is attached to a cgroup, and
 //! whether a program, link or map id still exists in the kernel.
 
-use std::{ffi::CString, os::unix::ffi::OsStrExt as _, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ffi::CString,
+    os::unix::ffi::OsStrExt as _,
+    path::Path,
+};
 
 const BPF_PROG_QUERY: i64 = 16;
 const BPF_PROG_GET_FD_BY_ID: i64 = 13;
@@ -190,4 +195,56 @@ pub fn socket_cookie(socket: &impl std::os::fd::AsRawFd) -> u64 {
     };
     assert_eq!(rc, 0, "SO_COOKIE: {}", std::io::Error::last_os_error());
     cookie
+}
+
+/// What weft's maps under `maps_dir` hold, as a reader of the kernel sees it: per service
+/// key, the backend of every slot of its table; and every backend. Raw bytes of the kernel
+/// layout (ServiceKey 20, Backend 20), so ids, which differ between installs, drop out.
+pub fn kernel_tables(maps_dir: &Path) -> (BTreeMap<Vec<u8>, Vec<Vec<u8>>>, BTreeSet<Vec<u8>>) {
+    let services = RawMap::<20, 16>::open(&maps_dir.join("WEFT_SERVICE_V1")).entries();
+    let backends: BTreeMap<u32, [u8; 20]> =
+        RawMap::<4, 20>::open(&maps_dir.join("WEFT_BACKEND_V1"))
+            .entries()
+            .into_iter()
+            .map(|(id, b)| (u32::from_ne_bytes(id), b))
+            .collect();
+    let chunks: BTreeMap<(u32, u32), [u8; 256]> =
+        RawMap::<8, 256>::open(&maps_dir.join("WEFT_MAGLEV_V1"))
+            .entries()
+            .into_iter()
+            .map(|(key, chunk)| {
+                let word = |i: usize| u32::from_ne_bytes(key[i..i + 4].try_into().unwrap());
+                ((word(0), word(4)), chunk)
+            })
+            .collect();
+    let mut tables = BTreeMap::new();
+    let mut used = 0;
+    for (key, value) in services {
+        let word = |i: usize| u32::from_ne_bytes(value[i..i + 4].try_into().unwrap());
+        let (table_id, size) = (word(4), word(8) as usize);
+        let mut slots = Vec::with_capacity(size);
+        for chunk in 0..size.div_ceil(64) {
+            let c = chunks
+                .get(&(table_id, chunk as u32))
+                .unwrap_or_else(|| panic!("table {table_id} lacks chunk {chunk}"));
+            used += 1;
+            for slot in c.chunks(4) {
+                let id = u32::from_ne_bytes(slot.try_into().unwrap());
+                slots.push(id);
+            }
+        }
+        slots.truncate(size);
+        let endpoints = slots
+            .iter()
+            .map(|id| {
+                backends
+                    .get(id)
+                    .unwrap_or_else(|| panic!("a slot names backend {id}, not in the map"))
+                    .to_vec()
+            })
+            .collect();
+        tables.insert(key.to_vec(), endpoints);
+    }
+    assert_eq!(used, chunks.len(), "table chunks no service uses");
+    (tables, backends.values().map(|b| b.to_vec()).collect())
 }

@@ -71,6 +71,13 @@ impl Env {
         self.agent_mut()
     }
 
+    /// Starts the agent on a config directory of `files` and waits until it applied them.
+    pub fn start_agent_dir(&mut self, files: &[(&str, &str)]) -> &mut Agent {
+        let agent = Agent::start_dir(&self.netns, &self.cgroup, files);
+        self.agent = Some(agent);
+        self.agent_mut()
+    }
+
     /// Runs `f` inside the test's network namespace and cgroup, as a client the kernel
     /// programs see.
     pub fn client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {

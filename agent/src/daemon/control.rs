@@ -43,6 +43,8 @@ const BATCH: usize = 4096;
 /// What an apply reacts to; each is logged with its own message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Trigger {
+    /// The first apply, logged even when there is nothing to write (an empty config).
+    Start,
     ConfigChange,
     HealthChange,
     Retry,
@@ -52,7 +54,7 @@ enum Trigger {
 impl Trigger {
     fn message(self) -> &'static str {
         match self {
-            Trigger::ConfigChange => "config applied",
+            Trigger::Start | Trigger::ConfigChange => "config applied",
             Trigger::HealthChange => "health change applied",
             Trigger::Retry => "retry applied",
             Trigger::Reinstall => "datapath reinstalled",
@@ -233,7 +235,7 @@ impl Agent {
         self.prober.apply(probes);
         self.first_probe_round(&mut probe_rx, probing).await;
         self.generation = 1;
-        self.apply(Trigger::ConfigChange, Reloads::default());
+        self.apply(Trigger::Start, Reloads::default());
         // Every source has delivered: what an earlier agent installed and no source defines
         // any more goes now, not before (a slow source must not flush the kernel's tables).
         let store = &self.store;
@@ -366,8 +368,9 @@ impl Agent {
                 Err(e) => error!("switching connection statistics: {e}"),
             }
         }
-        let quiet =
-            work.dirty.is_empty() && work.removed.is_empty() && trigger != Trigger::Reinstall;
+        let quiet = work.dirty.is_empty()
+            && work.removed.is_empty()
+            && !matches!(trigger, Trigger::Start | Trigger::Reinstall);
         if quiet {
             self.count_reloads(&reloads, &ApplyReport::default());
             if reloads.changed {
