@@ -197,10 +197,17 @@ pub fn socket_cookie(socket: &impl std::os::fd::AsRawFd) -> u64 {
     cookie
 }
 
-/// What weft's maps under `maps_dir` hold, as a reader of the kernel sees it: per service
-/// key, the backend of every slot of its table; and every backend. Raw bytes of the kernel
-/// layout (ServiceKey 20, Backend 20), so ids, which differ between installs, drop out.
-pub fn kernel_tables(maps_dir: &Path) -> (BTreeMap<Vec<u8>, Vec<Vec<u8>>>, BTreeSet<Vec<u8>>) {
+/// What weft's maps hold, as a reader of the kernel sees it: per service key, the backend
+/// of every slot of its table; and every backend. Raw bytes of the kernel layout
+/// (ServiceKey 20, Backend 20), so ids, which differ between installs, drop out.
+#[derive(Debug, PartialEq, Eq)]
+pub struct KernelTables {
+    pub tables: BTreeMap<Vec<u8>, Vec<Vec<u8>>>,
+    pub backends: BTreeSet<Vec<u8>>,
+}
+
+/// The `KernelTables` of the maps under `maps_dir`.
+pub fn kernel_tables(maps_dir: &Path) -> KernelTables {
     let services = RawMap::<20, 16>::open(&maps_dir.join("WEFT_SERVICE_V1")).entries();
     let backends: BTreeMap<u32, [u8; 20]> =
         RawMap::<4, 20>::open(&maps_dir.join("WEFT_BACKEND_V1"))
@@ -246,5 +253,8 @@ pub fn kernel_tables(maps_dir: &Path) -> (BTreeMap<Vec<u8>, Vec<Vec<u8>>>, BTree
         tables.insert(key.to_vec(), endpoints);
     }
     assert_eq!(used, chunks.len(), "table chunks no service uses");
-    (tables, backends.values().map(|b| b.to_vec()).collect())
+    KernelTables {
+        tables,
+        backends: backends.values().map(|b| b.to_vec()).collect(),
+    }
 }

@@ -353,11 +353,14 @@ fn random_histories_leave_the_kernel_maps_an_install_from_scratch_would() {
         let from_scratch = weft_tests::bpf::kernel_tables(&maps);
         println!(
             "history {seed:#x}: {} services, {} endpoints, the same as from scratch: {}",
-            incremental.0.len(),
-            incremental.1.len(),
+            incremental.tables.len(),
+            incremental.backends.len(),
             incremental == from_scratch
         );
-        assert_eq!(incremental.0, from_scratch.0, "tables differ");
-        assert_eq!(incremental.1, from_scratch.1, "endpoints differ");
+        assert_eq!(incremental.tables, from_scratch.tables, "tables differ");
+        assert_eq!(
+            incremental.backends, from_scratch.backends,
+            "endpoints differ"
+        );
     }
 }
