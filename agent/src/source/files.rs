@@ -25,8 +25,10 @@ use tracing::{debug, warn};
 use super::{Delta, Origin, SourceEvent, StatsClaim};
 use crate::config::{self, Config, ConfigError, ServiceSpec, StatsSettings};
 
-/// Settling time after an event: editors write in several steps.
-const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Settling time after an event: editors may write in several steps. Short, because an
+/// atomic rename (editors, ConfigMap swaps) is complete when its event arrives, and this
+/// delay is part of every change's way to the kernel.
+const DEBOUNCE: Duration = Duration::from_millis(10);
 const POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
@@ -222,6 +224,42 @@ fn concerned(target: &Target, paths: &[PathBuf]) -> Vec<Concern> {
     paths.iter().filter_map(|p| target.concerned(p)).collect()
 }
 
+/// What a path's metadata says to do.
+enum Check {
+    Unchanged,
+    Event(SourceEvent),
+    /// Read it: its metadata (`Stamp`, or none) changed.
+    Read(Option<Stamp>),
+}
+
+/// What reading (and parsing) a file found.
+enum Loaded {
+    /// The same bytes as what was accepted (or rejected) last.
+    Unchanged(u64),
+    /// Missing or unreadable for a moment (mid-swap): wait for the next change.
+    Unreadable(std::io::Error),
+    Parsed(u64, Result<Config, ConfigError>),
+    /// Decided from metadata alone.
+    Event(SourceEvent),
+    /// Read with this stamp.
+    Read(Option<Stamp>, Box<Loaded>),
+}
+
+/// Reads and parses one file (on a blocking thread): unless its bytes are the ones `known`
+/// (accepted) or `rejected` last time.
+fn load(path: &Path, known: Option<u64>, rejected: Option<u64>) -> Loaded {
+    let bytes = match config::read_file(path) {
+        Ok(bytes) => bytes,
+        Err(ConfigError::Read(error)) => return Loaded::Unreadable(error),
+        Err(error) => return Loaded::Parsed(0, Err(error)),
+    };
+    let digest = digest(&bytes);
+    if known == Some(digest) || rejected == Some(digest) {
+        return Loaded::Unchanged(digest);
+    }
+    Loaded::Parsed(digest, Config::from_bytes(&bytes))
+}
+
 /// What one file defined when last accepted.
 struct Tracked {
     stamp: Option<Stamp>,
@@ -255,18 +293,52 @@ impl Files {
         paths: BTreeSet<PathBuf>,
         tx: &mpsc::Sender<SourceEvent>,
     ) -> bool {
+        // Every changed file is read and parsed at once (a conf.d changed together, as a
+        // ConfigMap swap does, uses every core); the results are handed on in path order.
+        let mut reads = Vec::new();
+        let mut events = Vec::new();
         for path in paths {
-            let Some(event) = self.reload_one(target, &path).await else {
-                continue;
+            match self.check(target, &path) {
+                Check::Unchanged => {}
+                Check::Event(event) => events.push((path, Loaded::Event(event))),
+                Check::Read(now) => {
+                    let known = self.tracked.get(&path).map(|t| t.digest);
+                    let rejected = self.rejected.get(&path).map(|r| r.1);
+                    let read_path = path.clone();
+                    reads.push((
+                        path,
+                        now,
+                        tokio::task::spawn_blocking(move || load(&read_path, known, rejected)),
+                    ));
+                }
+            }
+        }
+        for (path, now, task) in reads {
+            // A panic while reading or parsing rejects the file; it never takes the watcher
+            // down.
+            let loaded = task
+                .await
+                .unwrap_or_else(|_| Loaded::Parsed(0, Err(parser_failed())));
+            events.push((path, Loaded::Read(now, Box::new(loaded))));
+        }
+        events.sort_by(|a, b| a.0.cmp(&b.0));
+        for (path, loaded) in events {
+            let event = match loaded {
+                Loaded::Event(event) => Some(event),
+                Loaded::Read(now, loaded) => self.settle(&path, now, *loaded),
+                Loaded::Parsed(..) | Loaded::Unchanged(_) | Loaded::Unreadable(_) => None,
             };
-            if tx.send(event).await.is_err() {
+            if let Some(event) = event
+                && tx.send(event).await.is_err()
+            {
                 return false;
             }
         }
         true
     }
 
-    async fn reload_one(&mut self, target: &Target, path: &Path) -> Option<SourceEvent> {
+    /// What a path needs, judged from its metadata alone.
+    fn check(&mut self, target: &Target, path: &Path) -> Check {
         let now = stamp(path);
         let known = self
             .tracked
@@ -274,7 +346,7 @@ impl Files {
             .map(|t| t.stamp)
             .or_else(|| self.rejected.get(path).map(|r| r.0));
         if known.is_some() && known == Some(now) {
-            return None;
+            return Check::Unchanged;
         }
         let is_config = match target {
             Target::File(_) => true,
@@ -286,46 +358,45 @@ impl Files {
             // one never seen is an error (the agent must not start on nothing).
             if matches!(target, Target::File(_)) {
                 if known.is_some() {
-                    return None;
+                    return Check::Unchanged;
                 }
                 let error = fs::metadata(path).err().unwrap_or_else(|| {
                     std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file")
                 });
-                return Some(self.reject(path, now, 0, ConfigError::Read(error)));
+                return Check::Event(self.reject(path, now, 0, ConfigError::Read(error)));
             }
             self.rejected.remove(path);
-            return self.forget(path);
+            return match self.forget(path) {
+                Some(event) => Check::Event(event),
+                None => Check::Unchanged,
+            };
         }
-        let read_path = path.to_path_buf();
-        let bytes = match tokio::task::spawn_blocking(move || config::read_file(&read_path)).await {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(ConfigError::Read(error))) => {
+        Check::Read(now)
+    }
+
+    /// What a read and parse found, applied to the file's state: the event to hand on.
+    fn settle(&mut self, path: &Path, now: Option<Stamp>, loaded: Loaded) -> Option<SourceEvent> {
+        match loaded {
+            Loaded::Unreadable(error) => {
                 warn!(path = %path.display(), "config file unreadable: {error}");
-                return None;
+                None
             }
-            Ok(Err(error)) => return Some(self.reject(path, now, 0, error)),
-            Err(_) => return Some(self.reject(path, now, 0, parser_failed())),
-        };
-        let digest = digest(&bytes);
-        if let Some(tracked) = self.tracked.get_mut(path)
-            && tracked.digest == digest
-        {
-            tracked.stamp = now;
-            return None;
+            Loaded::Unchanged(digest) => {
+                if let Some(tracked) = self.tracked.get_mut(path) {
+                    tracked.stamp = now;
+                } else {
+                    self.rejected.insert(path.to_path_buf(), (now, digest));
+                }
+                None
+            }
+            Loaded::Parsed(digest, Ok(config)) => {
+                debug!(path = %path.display(), "config file changed");
+                Some(self.accept(path, now, digest, config))
+            }
+            Loaded::Parsed(digest, Err(error)) => Some(self.reject(path, now, digest, error)),
+            Loaded::Event(event) => Some(event),
+            Loaded::Read(now, inner) => self.settle(path, now, *inner),
         }
-        if self.rejected.get(path).is_some_and(|r| r.1 == digest) {
-            self.rejected.insert(path.to_path_buf(), (now, digest));
-            return None;
-        }
-        debug!(path = %path.display(), "config file changed");
-        // A panic in the parser rejects the file; it never takes the watcher down.
-        let parsed = tokio::task::spawn_blocking(move || Config::from_bytes(&bytes))
-            .await
-            .unwrap_or_else(|_| Err(parser_failed()));
-        Some(match parsed {
-            Ok(config) => self.accept(path, now, digest, config),
-            Err(error) => self.reject(path, now, digest, error),
-        })
     }
 
     fn accept(
