@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 
 // Function names differ from their section names on purpose: bpf-linker mis-links a
-// function named like its section (see DESIGN.md).
+// function named like its section.
 
 #[cgroup_sock_addr(connect4)]
 pub fn weft_connect4(ctx: SockAddrContext) -> i32 {

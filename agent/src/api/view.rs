@@ -1,5 +1,6 @@
 //! What the admin API serves and the CLI prints: one set of types on both sides, so the JSON
-//! field names (part of the interface contract in DESIGN.md) are written down once.
+//! field names (an interface other tools test against: see docs/architecture.md) are
+//! written down once.
 
 use std::net::{IpAddr, SocketAddr};
 
