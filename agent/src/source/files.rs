@@ -32,10 +32,11 @@ const DEBOUNCE: Duration = Duration::from_millis(10);
 const POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
-#[error("watching {}: {error}", path.display())]
-pub struct WatchError {
-    path: PathBuf,
-    error: notify::Error,
+pub enum WatchError {
+    #[error("config {}: no such file or directory", .0.display())]
+    Missing(PathBuf),
+    #[error("watching {}: {error}", path.display())]
+    Watch { path: PathBuf, error: notify::Error },
 }
 
 /// What `--config` names.
@@ -143,6 +144,9 @@ fn digest(bytes: &[u8]) -> u64 {
 /// files as they are, followed by `Synced`. Call from within the runtime the watcher's task
 /// should run on.
 pub fn watch(path: PathBuf) -> Result<mpsc::Receiver<SourceEvent>, WatchError> {
+    if !path.exists() {
+        return Err(WatchError::Missing(path));
+    }
     let target = Target::of(path);
     let (event_tx, mut events) = mpsc::unbounded_channel::<Vec<PathBuf>>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -158,14 +162,14 @@ pub fn watch(path: PathBuf) -> Result<mpsc::Receiver<SourceEvent>, WatchError> {
             }
         }
     })
-    .map_err(|error| WatchError {
+    .map_err(|error| WatchError::Watch {
         path: target.watched_dir(),
         error,
     })?;
     let dir = target.watched_dir();
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|error| WatchError {
+        .map_err(|error| WatchError::Watch {
             path: dir.clone(),
             error,
         })?;
