@@ -5,14 +5,15 @@
 use std::{
     io::Write as _,
     net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use super::{
+    applies::{self, Apply, CONFIG_APPLIED, LogCursor},
     load::{self, Backend, Sample},
-    rules::Services,
+    rules::{MEASURED_FILE, NO_PROBES, Services},
 };
 use crate::{Env, NetNs};
 
@@ -64,6 +65,22 @@ const HAPROXY_BIND: &str = "127.0.0.1:18000";
 /// The endpoint the failover runs kill; started only for them.
 const VICTIM: (Ipv4Addr, u16) = (Ipv4Addr::new(127, 0, 0, 4), 8080);
 
+/// The endpoint whose health flips among all the services: probed by the agent, and
+/// listened on only while the bench wants it healthy.
+const PROBED: (Ipv4Addr, u16) = (Ipv4Addr::new(127, 0, 0, 5), 8080);
+
+/// The measured service's detection for the health change: one probe result flips a state,
+/// so the time from a listener opening to the apply is one probe interval at most.
+const FAST_PROBES: &str = "    health: { kind: tcp, interval: 200ms, timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 1 }\n";
+
+/// Services per file of weft's config directory (the measured service has a file of its
+/// own): a change to one service re-reads its file only.
+const BULK_FILE: usize = 1_000;
+
+/// The config file holding `stats:` while the socket path runs without connection
+/// statistics; removed to turn them back on.
+const STATS_FILE: &str = "stats.yaml";
+
 fn real_backends() -> Vec<(Ipv4Addr, u16)> {
     vec![
         (Ipv4Addr::new(127, 0, 0, 2), 8080),
@@ -71,15 +88,38 @@ fn real_backends() -> Vec<(Ipv4Addr, u16)> {
     ]
 }
 
+/// A config change through weft's config directory, as the bench and the agent saw it.
+#[derive(Clone, Debug, Default)]
+pub struct WeftChange {
+    /// Files written for it.
+    pub files: usize,
+    /// First file written → the agent logged every service in place (install), or → new
+    /// connects follow the change (weight change).
+    pub to_kernel: Duration,
+    /// The applies that carried it, in order; empty if none was seen.
+    pub applies: Vec<Apply>,
+}
+
+impl WeftChange {
+    /// The agent's own time for the change: its applies' `elapsed_ms`, summed.
+    pub fn apply_ms(&self) -> f64 {
+        if self.applies.is_empty() {
+            return f64::NAN;
+        }
+        applies::elapsed_ms(&self.applies)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.applies.iter().map(|a| a.failures).sum()
+    }
+}
+
 /// How long installing a rule set took, per contender.
 #[derive(Clone, Debug, Default)]
 pub struct Install {
     pub services: usize,
     pub endpoints: usize,
-    /// Config file written → the agent logs it applied.
-    pub weft: Duration,
-    /// The agent's own measure of the apply (plan + map writes).
-    pub weft_apply_ms: f64,
+    pub weft: WeftChange,
     pub iptables: Duration,
     pub nftables: Duration,
 }
@@ -88,9 +128,26 @@ pub struct Install {
 /// other one.
 #[derive(Clone, Debug, Default)]
 pub struct WeightChange {
-    pub weft: Duration,
+    pub weft: WeftChange,
     pub iptables: Duration,
     pub nftables: Duration,
+}
+
+/// An endpoint's health flipping among all the services.
+#[derive(Clone, Copy, Debug)]
+pub struct HealthChange {
+    /// A listener opened at the endpoint → its state change applied.
+    pub up: HealthFlip,
+    /// The listener closed → its state change applied.
+    pub down: HealthFlip,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct HealthFlip {
+    /// As the bench saw it: includes the wait for the next probe (one interval at most).
+    pub observed: Duration,
+    /// The apply the state change caused, with the agent's own time for it.
+    pub apply: Apply,
 }
 
 /// A backend killed under load: how long until clients stopped failing.
@@ -188,8 +245,8 @@ impl Lab {
             "src",
             "127.0.0.1",
         ]);
-        // No services yet: `install` times the first real apply.
-        lab.weft.start_agent("services: []\n");
+        // An empty config directory: `install` times the first real apply.
+        lab.weft.start_agent_dir(&[]);
         lab.start_haproxy();
         lab
     }
@@ -229,14 +286,8 @@ impl Lab {
     /// Installs `scale` services (10 endpoints each, but the measured one) everywhere.
     pub fn install(&mut self, scale: usize) -> Install {
         self.services = services(scale);
-        let started = Instant::now();
-        let line = self.apply_weft_config(&self.services.weft_yaml([10, 96], &[]));
-        let weft = started.elapsed();
+        let weft = self.install_weft();
         let s = &self.services;
-        let weft_apply_ms = serde_json::from_str::<serde_json::Value>(&line)
-            .ok()
-            .and_then(|v| v["elapsed_ms"].as_f64())
-            .unwrap_or(f64::NAN);
         let iptables = timed(
             &self.iptables,
             &["iptables-restore"],
@@ -251,9 +302,46 @@ impl Lab {
             services: scale,
             endpoints: (0..scale).map(|i| s.endpoints(i).len()).sum(),
             weft,
-            weft_apply_ms,
             iptables,
             nftables,
+        }
+    }
+
+    /// Empties weft's config directory, then writes every file of the current services and
+    /// times until the agent has every service in place.
+    fn install_weft(&self) -> WeftChange {
+        self.clear_weft_config();
+        // Made before the clock starts: the text is the bench's work, not the agent's.
+        let files = self.services.weft_files([10, 96], BULK_FILE);
+        let agent = self.weft.agent();
+        let mut log = LogCursor::at_end(agent);
+        let started = Instant::now();
+        for (name, text) in &files {
+            agent.write_config_file(name, text);
+        }
+        let applies = log.applies_until(CONFIG_APPLIED, self.services.count as u64);
+        WeftChange {
+            files: files.len(),
+            to_kernel: started.elapsed(),
+            applies,
+        }
+    }
+
+    /// Removes every file of weft's config directory and waits until the agent holds no
+    /// service, so the next install starts from scratch.
+    fn clear_weft_config(&self) {
+        let agent = self.weft.agent();
+        let in_force = agent.cli_json(&["status"])["services"]
+            .as_u64()
+            .unwrap_or(0);
+        let mut log = LogCursor::at_end(agent);
+        for file in config_files(&agent.config) {
+            std::fs::remove_file(&file)
+                .unwrap_or_else(|e| panic!("removing {}: {e}", file.display()));
+        }
+        // An agent holding nothing logs nothing for the removal of files that held nothing.
+        if in_force > 0 {
+            log.applies_until(CONFIG_APPLIED, 0);
         }
     }
 
@@ -288,30 +376,19 @@ impl Lab {
     }
 
     /// Drains the measured service's first endpoint and times until clients only reach the
-    /// second: weft through its config file, kube-proxy's shapes through a one-service
-    /// restore (what kube-proxy itself does on an endpoint change).
+    /// second: weft through the measured service's own file, kube-proxy's shapes through a
+    /// one-service restore (what kube-proxy itself does on an endpoint change).
     pub fn weight_change(&self) -> WeightChange {
-        let drained = |contender: Contender, change: &dyn Fn()| {
-            let started = Instant::now();
-            change();
-            let probe = self.target(contender);
-            self.as_client_of(contender, move || only_b(probe));
-            started.elapsed()
-        };
         WeightChange {
-            weft: drained(Contender::Weft, &|| {
-                self.weft
-                    .agent()
-                    .write_config(&self.services.weft_yaml([10, 96], &[0, 1]))
-            }),
-            iptables: drained(Contender::Iptables, &|| {
+            weft: self.weft_weight_change(),
+            iptables: self.until_only_b(Contender::Iptables, || {
                 run_with_input(
                     &self.iptables,
                     &["iptables-restore", "--noflush"],
                     &self.services.iptables_drain_first_but_one(),
                 )
             }),
-            nftables: drained(Contender::Nftables, &|| {
+            nftables: self.until_only_b(Contender::Nftables, || {
                 run_with_input(
                     &self.nftables,
                     &["nft", "-f", "-"],
@@ -321,32 +398,161 @@ impl Lab {
         }
     }
 
+    /// Rewrites `measured.yaml` only, and reads the agent's time for the apply it caused.
+    fn weft_weight_change(&self) -> WeftChange {
+        let text = self.services.weft_measured([10, 96], &[0, 1], NO_PROBES);
+        let agent = self.weft.agent();
+        let mut log = LogCursor::at_end(agent);
+        let to_kernel = self.until_only_b(Contender::Weft, || {
+            agent.write_config_file(MEASURED_FILE, &text)
+        });
+        let applies = log.applies_until(CONFIG_APPLIED, self.services.count as u64);
+        WeftChange {
+            files: 1,
+            to_kernel,
+            applies,
+        }
+    }
+
+    /// Makes `change`, then times until the contender's clients only reach backend "b".
+    fn until_only_b(&self, contender: Contender, change: impl FnOnce()) -> Duration {
+        let started = Instant::now();
+        change();
+        let probe = self.target(contender);
+        self.as_client_of(contender, move || only_b(probe));
+        started.elapsed()
+    }
+
+    /// An endpoint of the measured service flips health among all the installed services.
+    /// It joins the service probed (so do the service's other endpoints: health checking is
+    /// per service) while nothing listens at its address, so it goes unhealthy; then a
+    /// listener opens there, and closes again. Runs after the other measurements of the
+    /// socket path: from here on the agent probes, and its clients could reach the endpoint.
+    pub fn health_change(&self) -> HealthChange {
+        let probed = Services {
+            real_backends: [real_backends(), vec![PROBED]].concat(),
+            ..services(self.services.count)
+        };
+        let agent = self.weft.agent();
+        let mut log = LogCursor::at_end(agent);
+        agent.write_config_file(
+            MEASURED_FILE,
+            &probed.weft_measured([10, 96], &[], FAST_PROBES),
+        );
+        let endpoint = SocketAddr::from(PROBED);
+        log.transition_applied(endpoint, "unhealthy");
+        self.wait_until_settled(&probed);
+        let opened = Instant::now();
+        let mut listener = self
+            .weft
+            .netns
+            .run(move || Backend::start(endpoint, "probed"));
+        let up = log.transition_applied(endpoint, "healthy");
+        let up = HealthFlip {
+            observed: opened.elapsed(),
+            apply: up,
+        };
+        let closed = Instant::now();
+        listener.stop();
+        let down = log.transition_applied(endpoint, "unhealthy");
+        HealthChange {
+            up,
+            down: HealthFlip {
+                observed: closed.elapsed(),
+                apply: down,
+            },
+        }
+    }
+
+    /// Waits until the measured service's real endpoints are healthy and the probed one is
+    /// not: the flip measured next is then the only change in flight.
+    fn wait_until_settled(&self, probed: &Services) {
+        let service = format!("s{}", probed.measured_index());
+        let mut wanted: Vec<(String, &str)> = probed
+            .real_backends
+            .iter()
+            .map(|&endpoint| {
+                let state = if endpoint == PROBED {
+                    "unhealthy"
+                } else {
+                    "healthy"
+                };
+                (endpoint.0.to_string(), state)
+            })
+            .collect();
+        wanted.sort();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let rows = self.weft.agent().cli_json(&["endpoints", &service]);
+            let mut states: Vec<(String, &str)> = rows
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|row| {
+                    (
+                        row["address"].as_str().unwrap_or_default().to_string(),
+                        row["state"].as_str().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            states.sort();
+            if states == wanted {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{service}'s endpoints are {states:?} after 10 s, expected {wanted:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The socket path with per-connection statistics on, then off, `rounds` times; the
-    /// config is reloaded between the two (at one service that takes milliseconds).
+    /// switch is a config file of its own, written and removed between the two.
     pub fn stats_on_and_off(
         &mut self,
         rounds: usize,
         workers: usize,
         duration: Duration,
     ) -> (Vec<Sample>, Vec<Sample>) {
-        let on = self.services.weft_yaml([10, 96], &[]);
-        let off = format!("{on}stats: {{ connections: false }}\n");
         let (mut with_stats, mut without) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             with_stats.push(self.drive(Contender::Weft, workers, duration));
-            self.apply_weft_config(&off);
+            self.set_connection_stats(false);
             without.push(self.drive(Contender::Weft, workers, duration));
-            self.apply_weft_config(&on);
+            self.set_connection_stats(true);
         }
         (with_stats, without)
     }
 
-    /// Writes the agent's config and waits for its "config applied" line, which it returns.
-    fn apply_weft_config(&mut self, config: &str) -> String {
-        let agent = self.weft.agent_mut();
-        let mark = agent.log_mark();
-        agent.write_config(config);
-        agent.wait_for_log(mark, "config applied", Duration::from_secs(120))
+    /// Switches per-connection statistics and waits until the agent reports the switch
+    /// (it changes no service, so the agent logs no apply for it).
+    fn set_connection_stats(&self, on: bool) {
+        let agent = self.weft.agent();
+        let file = agent.config.join(STATS_FILE);
+        if on {
+            std::fs::remove_file(&file)
+                .unwrap_or_else(|e| panic!("removing {}: {e}", file.display()));
+        } else {
+            agent.write_config_file(STATS_FILE, "stats: { connections: false }\n");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while agent.cli_json(&["status"])["connection_stats"].as_bool() != Some(on) {
+            assert!(
+                Instant::now() < deadline,
+                "connection statistics not switched {} within 10 s",
+                if on { "on" } else { "off" }
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Writes the measured service's file and waits for the agent's apply of it.
+    fn apply_measured(&self, text: &str) {
+        let agent = self.weft.agent();
+        let mut log = LogCursor::at_end(agent);
+        agent.write_config_file(MEASURED_FILE, text);
+        log.next_apply(CONFIG_APPLIED);
     }
 
     /// One service with two endpoints, the second killed under load: weft with active
@@ -363,6 +569,8 @@ impl Lab {
             real_backends: vec![real_backends()[0], VICTIM],
         };
         self.services = service;
+        // One service in force, as in the tests that set the failover targets.
+        self.clear_weft_config();
         let mut results = Vec::new();
         for (setup, detection) in [
             (
@@ -371,9 +579,9 @@ impl Lab {
             ),
             ("weft, passive detection only (3 failed connects)", PASSIVE),
         ] {
-            let yaml = self.services.weft_yaml_detecting([10, 96], &[], detection);
+            let yaml = self.services.weft_measured([10, 96], &[], detection);
             results.push(self.kill_under_load(Contender::Weft, setup, timing, |lab| {
-                lab.apply_weft_config(&yaml);
+                lab.apply_measured(&yaml);
             }));
         }
         let rules = self.services.iptables_restore([10, 97]);
@@ -453,19 +661,9 @@ impl Lab {
     /// The agent's resident memory, and its CPU use while idle for `window`.
     pub fn weft_footprint(&self, window: Duration) -> Footprint {
         let pid = self.weft.agent().pid();
-        let cpu_ticks = || -> u64 {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // Fields after the command name: state is 3rd, utime 14th, stime 15th overall.
-            let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
-            field(14).unwrap_or(0) + field(15).unwrap_or(0)
-        };
-        let before = cpu_ticks();
+        let before = cpu_time(pid);
         std::thread::sleep(window);
-        let ticks = cpu_ticks() - before;
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let used = cpu_time(pid).saturating_sub(before);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let rss_kb = status
             .lines()
@@ -474,9 +672,38 @@ impl Lab {
             .unwrap_or(0);
         Footprint {
             rss_kb,
-            cpu_percent: ticks as f64 / hz / window.as_secs_f64() * 100.0,
+            cpu_percent: used.as_secs_f64() / window.as_secs_f64() * 100.0,
         }
     }
+}
+
+/// CPU time a process has used: its threads' run time in nanoseconds from schedstat (clock
+/// ticks, 10 ms each, are too coarse for a 0.5 % target over seconds), or from the ticks of
+/// /proc/PID/stat where schedstat is missing.
+fn cpu_time(pid: u32) -> Duration {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    let nanos: Option<u64> = threads
+        .filter_map(Result::ok)
+        .map(|task| {
+            let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            text.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum();
+    nanos.map_or_else(|| cpu_ticks(pid), Duration::from_nanos)
+}
+
+fn cpu_ticks(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name: state is 3rd, utime 14th, stime 15th overall.
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    let ticks = field(14).unwrap_or(0) + field(15).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_secs_f64(ticks as f64 / hz as f64)
 }
 
 impl Drop for Lab {
@@ -487,6 +714,16 @@ impl Drop for Lab {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The config files in weft's config directory now.
+fn config_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect()
 }
 
 fn services(count: usize) -> Services {

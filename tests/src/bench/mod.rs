@@ -4,6 +4,7 @@
 //! netfilter hooks never tax another's packets. Everything is removed afterwards by guards,
 //! also when the bench fails.
 
+mod applies;
 mod lab;
 pub mod load;
 mod report;
@@ -11,7 +12,8 @@ pub mod rules;
 
 use std::time::Duration;
 
-pub use lab::{Contender, Failover};
+pub use applies::Apply;
+pub use lab::{Contender, Failover, HealthChange, HealthFlip, WeftChange};
 use lab::{FailoverTiming, Lab};
 pub use report::Report;
 
@@ -74,6 +76,7 @@ pub fn run(options: &Options) -> Report {
     for scale in [1, plan.many] {
         eprintln!("bench: installing {scale} service(s) in every contender");
         let install = lab.install(scale);
+        print_install(&install);
         if scale == plan.many {
             report.install = install;
             report.footprint_many = Some(lab.weft_footprint(plan.idle));
@@ -103,11 +106,7 @@ pub fn run(options: &Options) -> Report {
             report.stats_on_off = lab.stats_on_and_off(plan.rounds, plan.workers, plan.duration);
         }
     }
-    eprintln!(
-        "bench: changing one endpoint's weight among {} services",
-        plan.many
-    );
-    report.weight_change = lab.weight_change();
+    measure_changes(&lab, &mut report, plan.many);
     eprintln!("bench: killing a backend under load");
     report.failover = lab.failover(plan.failover);
     for f in &report.failover {
@@ -117,4 +116,42 @@ pub fn run(options: &Options) -> Report {
         );
     }
     report
+}
+
+fn print_install(install: &lab::Install) {
+    eprintln!(
+        "bench: weft: {} file(s) written → {} services in force after {:?} (agent: {:.1} ms in {} applies); iptables-restore {:?}, nft -f {:?}",
+        install.weft.files,
+        install.services,
+        install.weft.to_kernel,
+        install.weft.apply_ms(),
+        install.weft.applies.len(),
+        install.iptables,
+        install.nftables
+    );
+}
+
+/// One service's weights, then one endpoint's health, changed among `many` services. The
+/// health change comes last: from there on the agent probes the measured service.
+fn measure_changes(lab: &Lab, report: &mut Report, many: usize) {
+    eprintln!("bench: changing one endpoint's weight among {many} services");
+    report.weight_change = lab.weight_change();
+    let w = &report.weight_change;
+    eprintln!(
+        "bench: weight change: weft {:?} (agent: {:.2} ms), iptables {:?}, nftables {:?}",
+        w.weft.to_kernel,
+        w.weft.apply_ms(),
+        w.iptables,
+        w.nftables
+    );
+    eprintln!("bench: one endpoint's health flipping among {many} services");
+    let health = lab.health_change();
+    eprintln!(
+        "bench: health change: up {:.2} ms, down {:.2} ms of agent work (observed after {:?} and {:?})",
+        health.up.apply.elapsed_ms,
+        health.down.apply.elapsed_ms,
+        health.up.observed,
+        health.down.observed
+    );
+    report.health_change = Some(health);
 }

@@ -3,6 +3,12 @@
 
 use std::{fmt::Write as _, net::Ipv4Addr};
 
+/// The file of weft's config directory that holds the measured service alone.
+pub const MEASURED_FILE: &str = "measured.yaml";
+
+/// The bulk services' detection: none, so the agent is idle between changes.
+pub const NO_PROBES: &str = "    health: { kind: none }\n";
+
 /// The services a bench run installs: `count` services; the measured one (in the middle,
 /// so a linear rule walk pays half the chain) has the real backends, the others
 /// `endpoints_each` addresses nothing listens on.
@@ -35,33 +41,59 @@ impl Services {
             .collect()
     }
 
-    /// weft's config; `weights` overrides the measured service's endpoint weights.
-    pub fn weft_yaml(&self, base: [u8; 2], weights: &[u16]) -> String {
-        self.weft_yaml_detecting(base, weights, "    health: { kind: none }\n")
+    /// weft's config as a directory: every service but the measured one in files of
+    /// `per_file` services (`bulk-00.yaml`, ...), then the measured service alone in
+    /// `MEASURED_FILE`, so that a change to it re-reads a small file.
+    pub fn weft_files(&self, base: [u8; 2], per_file: usize) -> Vec<(String, String)> {
+        let bulk: Vec<usize> = (0..self.count)
+            .filter(|&i| i != self.measured_index())
+            .collect();
+        let mut files: Vec<(String, String)> = bulk
+            .chunks(per_file.max(1))
+            .enumerate()
+            .map(|(n, chunk)| {
+                let mut out = String::from("services:\n");
+                for &i in chunk {
+                    self.weft_service(&mut out, base, i, &[], NO_PROBES);
+                }
+                (format!("bulk-{n:02}.yaml"), out)
+            })
+            .collect();
+        files.push((
+            MEASURED_FILE.to_string(),
+            self.weft_measured(base, &[], NO_PROBES),
+        ));
+        files
     }
 
-    /// weft's config with `detection` (the services' `health:`/`outlier:` lines).
-    pub fn weft_yaml_detecting(&self, base: [u8; 2], weights: &[u16], detection: &str) -> String {
+    /// The measured service alone, with `detection` (its `health:`/`outlier:` lines);
+    /// `weights` overrides its endpoints' weights (1 for those it does not name).
+    pub fn weft_measured(&self, base: [u8; 2], weights: &[u16], detection: &str) -> String {
         let mut out = String::from("services:\n");
-        for i in 0..self.count {
-            let _ = write!(
-                out,
-                "  - name: s{i}\n    address: {}\n    port: 80\n{detection}    endpoints:\n",
-                Self::address(base, i)
-            );
-            for (e, (addr, port)) in self.endpoints(i).iter().enumerate() {
-                let weight = if i == self.measured_index() {
-                    weights.get(e).copied().unwrap_or(1)
-                } else {
-                    1
-                };
-                let _ = writeln!(
-                    out,
-                    "      - {{ address: {addr}, port: {port}, weight: {weight} }}"
-                );
-            }
-        }
+        self.weft_service(&mut out, base, self.measured_index(), weights, detection);
         out
+    }
+
+    fn weft_service(
+        &self,
+        out: &mut String,
+        base: [u8; 2],
+        i: usize,
+        weights: &[u16],
+        detection: &str,
+    ) {
+        let _ = write!(
+            out,
+            "  - name: s{i}\n    address: {}\n    port: 80\n{detection}    endpoints:\n",
+            Self::address(base, i)
+        );
+        for (e, (addr, port)) in self.endpoints(i).iter().enumerate() {
+            let weight = weights.get(e).copied().unwrap_or(1);
+            let _ = writeln!(
+                out,
+                "      - {{ address: {addr}, port: {port}, weight: {weight} }}"
+            );
+        }
     }
 
     /// kube-proxy's iptables shape for `iptables-restore`: KUBE-SERVICES with one rule per
@@ -204,6 +236,31 @@ mod tests {
         let s = services(10_000);
         let eps: std::collections::HashSet<_> = (0..10_000).flat_map(|i| s.endpoints(i)).collect();
         assert_eq!(eps.len(), 9_999 * 3 + 2);
+    }
+
+    #[test]
+    fn weft_files_hold_every_service_once_and_the_measured_one_alone() {
+        let s = services(2_501);
+        let files = s.weft_files([10, 96], 1_000);
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "bulk-00.yaml",
+                "bulk-01.yaml",
+                "bulk-02.yaml",
+                MEASURED_FILE
+            ]
+        );
+        let count = |text: &str| text.matches("  - name: s").count();
+        assert_eq!(files.iter().map(|(_, t)| count(t)).sum::<usize>(), 2_501);
+        let measured = &files[3].1;
+        assert_eq!(count(measured), 1);
+        assert!(measured.contains("name: s1250\n    address: 10.96.5.1\n"));
+        assert!(!files[1].1.contains("name: s1250\n"));
+        let drained = s.weft_measured([10, 96], &[0, 1], NO_PROBES);
+        assert!(drained.contains("{ address: 127.0.0.2, port: 8080, weight: 0 }"));
+        assert!(drained.contains("{ address: 127.0.0.3, port: 8080, weight: 1 }"));
     }
 
     #[test]
