@@ -1,5 +1,6 @@
 //! weft: an eBPF-accelerated node-level L4 service mesh agent.
 pub mod api;
+mod chain;
 pub mod cli;
 pub mod config;
 pub mod daemon;

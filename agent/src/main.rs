@@ -75,10 +75,19 @@ struct Output {
 }
 
 #[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("sources").required(true).multiple(true))]
 struct AgentArgs {
-    /// Service config file (YAML), watched for changes.
-    #[arg(long)]
-    config: PathBuf,
+    /// Service config (YAML): a file, or a directory whose *.yaml files each hold
+    /// `services:` (a mounted ConfigMap is one). Watched for changes.
+    #[arg(long, group = "sources")]
+    config: Option<PathBuf>,
+    /// Services and EndpointSlices from the Kubernetes API server (in-cluster config, else
+    /// KUBECONFIG).
+    #[arg(long, group = "sources")]
+    kubernetes: bool,
+    /// This node's name, for `internalTrafficPolicy: Local` [default: the host name].
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
     /// cgroup2 directory the socket programs attach to [default: the cgroup2 root].
     #[arg(long)]
     cgroup: Option<PathBuf>,
@@ -105,12 +114,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// The node's name as given, else the host name (kube-proxy's default too).
+fn node_name(given: Option<String>) -> anyhow::Result<String> {
+    if let Some(name) = given.filter(|n| !n.is_empty()) {
+        return Ok(name);
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(|e| {
+        anyhow::anyhow!("--node-name is not given and the host name cannot be read: {e}")
+    })?;
+    Ok(host.trim().to_lowercase())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Agent(args) => {
             logging::init(args.log_format);
+            let kubernetes = args
+                .kubernetes
+                .then(|| node_name(args.node_name))
+                .transpose()?
+                .map(|node_name| daemon::KubernetesOptions { node_name });
             daemon::run(daemon::Options {
                 config: args.config,
+                kubernetes,
                 cgroup: args.cgroup,
                 bpffs_dir: args.bpffs_dir,
                 admin_socket: args.admin_socket,

@@ -12,12 +12,22 @@ use crate::{Cgroup, NetNs};
 
 pub struct Agent {
     child: Option<Child>,
+    /// Whether `--config` is passed (an agent may run on Kubernetes alone).
+    pub use_config: bool,
+    /// `--kubernetes`, with this kubeconfig and node name.
+    pub kubernetes: Option<KubernetesSource>,
     pub dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
     pub bpffs_dir: PathBuf,
     cgroup: PathBuf,
     netns_fd: i32,
+}
+
+/// The Kubernetes source of an agent: the API server its kubeconfig names.
+pub struct KubernetesSource {
+    pub kubeconfig: PathBuf,
+    pub node_name: String,
 }
 
 /// The weft binary under test: `WEFT_BIN` (set by `cargo xtask test`) or the release build.
@@ -63,6 +73,8 @@ impl Agent {
         let config_path = config(&dir);
         Agent {
             child: None,
+            use_config: true,
+            kubernetes: None,
             log: dir.join("agent.log"),
             config: config_path,
             bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/{}", netns.name)),
@@ -86,10 +98,17 @@ impl Agent {
             .open(&self.log)
             .expect("opening agent log");
         let mut cmd = Command::new(weft_bin());
-        cmd.arg("agent")
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--cgroup")
+        cmd.arg("agent");
+        if self.use_config {
+            cmd.arg("--config").arg(&self.config);
+        }
+        if let Some(kubernetes) = &self.kubernetes {
+            cmd.args(["--kubernetes", "--node-name", &kubernetes.node_name])
+                .env("KUBECONFIG", &kubernetes.kubeconfig)
+                // Out of any cluster this test may run in: the kubeconfig decides.
+                .env_remove("KUBERNETES_SERVICE_HOST");
+        }
+        cmd.arg("--cgroup")
             .arg(&self.cgroup)
             .arg("--bpffs-dir")
             .arg(&self.bpffs_dir)

@@ -9,6 +9,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod client;
 pub mod configs;
+pub mod kubernetes;
 pub mod metrics;
 pub mod netns;
 

@@ -360,6 +360,20 @@ fn metrics_pass_promtool_and_health_endpoints_answer() {
     let Some(env) = env_with_backend("stats-promtool") else {
         return;
     };
+    // Before any traffic: every configured service (and, with the switch, endpoint) is
+    // exported with its counters at 0, so rate() and absence alerts work from the start.
+    let fresh = metrics::scrape(&env.netns);
+    for (name, labels) in [
+        (
+            "weft_tcp_connections_opened_total",
+            &[("service", "web")][..],
+        ),
+        ("weft_tcp_connect_failures_total", &[("service", "web")][..]),
+        ("weft_endpoint_tcp_connections_opened_total", &web_a()[..]),
+        ("weft_endpoint_tcp_connect_failures_total", &web_a()[..]),
+    ] {
+        assert_eq!(fresh.find(name, labels), Some(0.0), "{name}:\n{}", fresh.0);
+    }
     let service: SocketAddr = SERVICE.parse().unwrap();
     env.client(move || client::tally_tcp(service, 5));
     let scrape = scrape_until(&env, "five closes", |s| {

@@ -17,6 +17,7 @@ use std::{
 
 pub use error::{ConfigError, FieldError};
 pub use limits::LimitError;
+pub use validate::checks;
 
 /// One validated config file: every value is in range and consistent. (A config directory
 /// is many of these; Kubernetes objects map to the same `ServiceSpec`.)
@@ -123,6 +124,33 @@ pub struct Outlier {
     pub consecutive_failures: u32,
     pub base_ejection: Duration,
     pub max_ejection_percent: u8,
+}
+
+/// A service's checks as separate fields, for sources that are not files (see
+/// `validate::checks`). Absent fields take the file format's defaults, except that no
+/// `health` means no active probe.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceSettings {
+    pub health: Option<String>,
+    pub health_path: Option<String>,
+    pub health_interval: Option<String>,
+    pub health_timeout: Option<String>,
+    pub healthy_threshold: Option<i64>,
+    pub unhealthy_threshold: Option<i64>,
+    /// Passive failure detection on (with the fields below, or their defaults).
+    pub outlier: bool,
+    pub consecutive_failures: Option<i64>,
+    pub base_ejection: Option<String>,
+    pub max_ejection_percent: Option<i64>,
+    pub panic_threshold: Option<i64>,
+}
+
+/// What `ServiceSettings` validate to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checks {
+    pub health: Arc<HealthCheck>,
+    pub outlier: Option<Outlier>,
+    pub panic_threshold: u8,
 }
 
 impl Config {

@@ -457,3 +457,59 @@ fn check_capacity(services: &[Arc<ServiceSpec>], errors: &mut Errors) {
         );
     }
 }
+
+/// A service's checks given field by field (Kubernetes annotations, say), validated as a
+/// file's `health:`, `outlier:` and `panic_threshold` are. Errors are located by the same
+/// field paths (`health.interval`, `outlier.base_ejection`, `panic_threshold`).
+pub fn checks(
+    settings: super::ServiceSettings,
+    protocol: Protocol,
+) -> Result<super::Checks, ConfigError> {
+    let mut errors = Errors::default();
+    let health = health(
+        "health",
+        Some(RawHealth {
+            kind: settings.health.or_else(|| Some("none".into())),
+            path: settings.health_path,
+            interval: settings.health_interval,
+            timeout: settings.health_timeout,
+            healthy_threshold: settings.healthy_threshold,
+            unhealthy_threshold: settings.unhealthy_threshold,
+        }),
+        protocol,
+        &mut errors,
+    );
+    let outlier = settings
+        .outlier
+        .then(|| {
+            outlier(
+                "outlier",
+                RawOutlier {
+                    consecutive_failures: settings.consecutive_failures,
+                    base_ejection: settings.base_ejection,
+                    max_ejection_percent: settings.max_ejection_percent,
+                },
+                &mut errors,
+            )
+        })
+        .flatten();
+    let panic_threshold = match settings.panic_threshold {
+        None => DEFAULT_PANIC_THRESHOLD,
+        Some(p @ 0..=100) => p as u8,
+        Some(p) => {
+            errors.add(
+                "panic_threshold",
+                format!("{p} is out of range 0..=100 (percent; 0 turns it off)"),
+            );
+            DEFAULT_PANIC_THRESHOLD
+        }
+    };
+    match health {
+        Some(health) if errors.0.is_empty() => Ok(super::Checks {
+            health: SharedChecks::default().share(health),
+            outlier,
+            panic_threshold,
+        }),
+        _ => Err(ConfigError::Invalid(errors.0)),
+    }
+}

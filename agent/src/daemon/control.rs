@@ -23,7 +23,7 @@ use crate::{
     datapath::{self, ApplyReport, Datapath},
     health::{self, ProbeOutcome, ProbeResult, Prober},
     plan::ServicePlan,
-    source::{Origin, SourceEvent},
+    source::{Origin, SourceEvent, SourceKind},
     stats::{self, ConnEvent, ConnectOutcome},
     store::{Installed, Snapshot, Store},
 };
@@ -72,7 +72,8 @@ pub struct Wiring {
 
 /// The control loop before its first config.
 pub struct Control {
-    config_path: PathBuf,
+    /// Sources that have not delivered what they had at start.
+    pending: Vec<SourceKind>,
     datapath: datapath::Options,
     cgroup_given: bool,
     wiring: Wiring,
@@ -80,8 +81,15 @@ pub struct Control {
 
 impl Control {
     pub fn new(options: &Options, wiring: Wiring) -> Control {
+        let mut pending = Vec::new();
+        if options.config.is_some() {
+            pending.push(SourceKind::Files);
+        }
+        if options.kubernetes.is_some() {
+            pending.push(SourceKind::Kubernetes);
+        }
         Control {
-            config_path: options.config.clone(),
+            pending,
             datapath: datapath::Options {
                 bpffs_dir: options.bpffs_dir.clone(),
                 cgroup: options.cgroup.clone().unwrap_or_default(),
@@ -91,22 +99,25 @@ impl Control {
         }
     }
 
-    /// Waits for the sources' first delivery, installs the datapath, then follows changes
-    /// until `stop`.
+    /// Waits for the files' first delivery, installs the datapath, then follows changes
+    /// until `stop`. The Kubernetes source is not waited for: an API server that cannot be
+    /// reached must not keep the agent from serving what is pinned (and the files).
     pub async fn run(
         mut self,
         mut sources: mpsc::Receiver<SourceEvent>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), DaemonError> {
         let mut initial = Vec::new();
-        loop {
+        while self.pending.contains(&SourceKind::Files) {
             tokio::select! {
                 event = sources.recv() => match event {
-                    Some(SourceEvent::Synced) => break,
+                    Some(SourceEvent::Synced(SourceKind::Files)) => {
+                        self.pending.retain(|&k| k != SourceKind::Files);
+                    }
                     // A bad file at start: refuse to start. Whatever an earlier agent pinned
                     // keeps serving.
                     Some(SourceEvent::Rejected { origin, error }) => {
-                        return Err(DaemonError::Config { path: path_of(&origin, &self.config_path), error });
+                        return Err(DaemonError::Config { path: PathBuf::from(origin.to_string()), error });
                     }
                     Some(event) => initial.push(event),
                     None => return Err(DaemonError::ControlLoop),
@@ -147,17 +158,11 @@ impl Control {
             last_not_sent_warning: None,
             last_reinstall_error: None,
             not_installed: Vec::new(),
+            pending: self.pending,
         };
         agent
             .serve(initial, sources, probe_rx, passive_rx, stop)
             .await
-    }
-}
-
-fn path_of(origin: &Origin, fallback: &std::path::Path) -> PathBuf {
-    match origin {
-        Origin::File(path) => path.to_path_buf(),
-        Origin::Kubernetes(_) => fallback.to_path_buf(),
     }
 }
 
@@ -207,6 +212,9 @@ struct Agent {
     last_not_sent_warning: Option<Instant>,
     last_reinstall_error: Option<String>,
     not_installed: Vec<String>,
+    /// Sources that have not delivered what they had at start: until they have, nothing
+    /// already installed is removed and the agent is not ready.
+    pending: Vec<SourceKind>,
 }
 
 /// What a batch of source events asks of the apply that follows.
@@ -215,6 +223,8 @@ struct Reloads {
     /// Origins that changed, and whether each got in whole.
     origins: Vec<(Origin, bool)>,
     changed: bool,
+    /// The last source that was pending delivered what it had.
+    all_synced: bool,
 }
 
 impl Agent {
@@ -236,17 +246,15 @@ impl Agent {
         self.first_probe_round(&mut probe_rx, probing).await;
         self.generation = 1;
         self.apply(Trigger::Start, Reloads::default());
-        // Every source has delivered: what an earlier agent installed and no source defines
-        // any more goes now, not before (a slow source must not flush the kernel's tables).
-        let store = &self.store;
-        let strays = self.datapath.remove_strays(|id| store.get(id).is_some());
-        if strays.services_removed > 0 {
+        if self.pending.is_empty() {
+            self.all_synced();
+        } else {
+            let pending: Vec<&str> = self.pending.iter().map(|k| k.as_str()).collect();
             info!(
-                removed = strays.services_removed,
-                "removed services no source defines"
+                waiting_for = pending.join(","),
+                "not ready until every source has delivered what it has; what is pinned keeps serving"
             );
         }
-        self.publish(true);
         let mut ejection_check = tokio::time::interval(EJECTION_CHECK);
         let mut pin_check = tokio::time::interval(PIN_CHECK);
         loop {
@@ -293,7 +301,11 @@ impl Agent {
             if reloads.changed {
                 self.generation += 1;
             }
+            let all_synced = reloads.all_synced;
             self.apply(trigger, reloads);
+            if all_synced {
+                self.all_synced();
+            }
         }
         self.reader.abort();
         Ok(())
@@ -329,8 +341,27 @@ impl Agent {
                     "config rejected, the running config (generation {generation}) keeps serving: {error}"
                 );
             }
-            SourceEvent::Synced => {}
+            SourceEvent::Synced(kind) => {
+                let before = self.pending.len();
+                self.pending.retain(|&k| k != kind);
+                reloads.all_synced |= before > 0 && self.pending.is_empty();
+            }
         }
+    }
+
+    /// Every source has delivered: what an earlier agent installed and no source defines any
+    /// more goes now, not before (a slow source must not flush the kernel's tables), and the
+    /// agent is ready.
+    fn all_synced(&mut self) {
+        let store = &self.store;
+        let strays = self.datapath.remove_strays(|id| store.get(id).is_some());
+        if strays.services_removed > 0 {
+            info!(
+                removed = strays.services_removed,
+                "removed services no source defines"
+            );
+        }
+        self.publish(true);
     }
 
     fn on_probe(&mut self, result: &ProbeResult) {

@@ -15,7 +15,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 use tokio::{
     runtime::Runtime,
     signal::unix::{SignalKind, signal},
-    sync::{broadcast, watch},
+    sync::{broadcast, mpsc, watch},
 };
 use tracing::info;
 
@@ -23,15 +23,23 @@ use crate::{
     api::{self, ApiError, Shared},
     config::ConfigError,
     datapath::DatapathError,
-    source,
+    source::{self, SourceEvent},
 };
 
 pub struct Options {
-    pub config: PathBuf,
+    /// A config file or directory, if services come from files.
+    pub config: Option<PathBuf>,
+    /// This node's name, if services come from the Kubernetes API too.
+    pub kubernetes: Option<KubernetesOptions>,
     pub cgroup: Option<PathBuf>,
     pub bpffs_dir: PathBuf,
     pub admin_socket: PathBuf,
     pub metrics_addr: SocketAddr,
+}
+
+pub struct KubernetesOptions {
+    /// This node's name: `internalTrafficPolicy: Local` keeps the endpoints on it.
+    pub node_name: String,
 }
 
 /// Why the agent could not start or had to stop. Each error carries its cause in its own
@@ -44,6 +52,8 @@ pub enum DaemonError {
     Datapath(#[from] DatapathError),
     #[error(transparent)]
     Watch(#[from] source::files::WatchError),
+    #[error(transparent)]
+    Kubernetes(#[from] source::kubernetes::ClientError),
     #[error(transparent)]
     Api(#[from] ApiError),
     #[error("starting the agent's runtime: {0}")]
@@ -93,6 +103,41 @@ pub fn run(options: Options) -> Result<(), DaemonError> {
     result
 }
 
+/// Starts the sources on the I/O runtime; they all send to the channel returned.
+fn start_sources(
+    io: &Runtime,
+    options: &Options,
+    wiring: &control::Wiring,
+) -> Result<mpsc::Receiver<SourceEvent>, DaemonError> {
+    // A client that cannot be built is a mistake in the agent's setup: refuse to start. An
+    // API server that does not answer is retried, with the pinned state serving.
+    let client = match &options.kubernetes {
+        Some(_) => Some(io.block_on(source::kubernetes::client())?),
+        None => None,
+    };
+    let (tx, rx) = mpsc::channel(SOURCE_QUEUE);
+    let _entered = io.enter();
+    // Watching starts before the first read, so a change written while the agent starts up
+    // is never missed.
+    if let Some(config) = &options.config {
+        source::files::watch(config.clone(), tx.clone())?;
+    }
+    if let (Some(kubernetes), Some(client)) = (&options.kubernetes, client) {
+        let shared = Arc::clone(&wiring.shared);
+        info!(node = %kubernetes.node_name, "watching Kubernetes Services and EndpointSlices");
+        source::kubernetes::watch::spawn(
+            client,
+            kubernetes.node_name.as_str().into(),
+            tx,
+            move |resource| shared.metrics.kubernetes_watch_failed(resource.as_str()),
+        );
+    }
+    Ok(rx)
+}
+
+/// Source events waiting for the control loop before sources wait for it.
+const SOURCE_QUEUE: usize = 1024;
+
 /// Starts the listeners and the config watcher on the I/O runtime, runs the control loop on
 /// its own thread until it ends, and returns its result.
 fn serve(
@@ -119,12 +164,7 @@ fn serve(
         Arc::clone(&wiring.shared),
     ))?;
     info!(admin = %options.admin_socket.display(), metrics = %options.metrics_addr, "listening");
-    // Watching starts before the first read, so a change written while the agent starts up
-    // is never missed.
-    let updates = {
-        let _entered = io.enter();
-        source::files::watch(options.config.clone())?
-    };
+    let updates = start_sources(io, options, &wiring)?;
     let control = control::Control::new(options, wiring);
     let thread = std::thread::Builder::new()
         .name("weft-control".into())

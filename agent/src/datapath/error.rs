@@ -1,21 +1,6 @@
-use std::{error::Error, fmt, path::PathBuf};
+use std::path::PathBuf;
 
-/// An error and its causes, one after another: aya keeps the errno in an error's source,
-/// and these messages must carry it (they are not sources themselves, so nothing prints
-/// twice).
-struct Chain<'a>(&'a (dyn Error + 'static));
-
-impl fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
-}
+use crate::chain::Chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {

@@ -22,7 +22,7 @@ use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::{Delta, Origin, SourceEvent, StatsClaim};
+use super::{Delta, Origin, SourceEvent, SourceKind, StatsClaim};
 use crate::config::{self, Config, ConfigError, ServiceSpec, StatsSettings};
 
 /// Settling time after an event: editors may write in several steps. Short, because an
@@ -140,10 +140,10 @@ fn digest(bytes: &[u8]) -> u64 {
     hasher.finish()
 }
 
-/// Starts watching `path` (a file or a directory), then reads it: the first events are its
-/// files as they are, followed by `Synced`. Call from within the runtime the watcher's task
-/// should run on.
-pub fn watch(path: PathBuf) -> Result<mpsc::Receiver<SourceEvent>, WatchError> {
+/// Starts watching `path` (a file or a directory), then reads it: the first events sent to
+/// `tx` are its files as they are, followed by `Synced`. Call from within the runtime the
+/// watcher's task should run on.
+pub fn watch(path: PathBuf, tx: mpsc::Sender<SourceEvent>) -> Result<(), WatchError> {
     if !path.exists() {
         return Err(WatchError::Missing(path));
     }
@@ -174,7 +174,6 @@ pub fn watch(path: PathBuf) -> Result<mpsc::Receiver<SourceEvent>, WatchError> {
             error,
         })?;
 
-    let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         // Owned by the task: dropping it would stop the events.
         let _watcher = watcher;
@@ -183,7 +182,11 @@ pub fn watch(path: PathBuf) -> Result<mpsc::Receiver<SourceEvent>, WatchError> {
         if !files.reload(&target, all, &tx).await {
             return;
         }
-        if tx.send(SourceEvent::Synced).await.is_err() {
+        if tx
+            .send(SourceEvent::Synced(SourceKind::Files))
+            .await
+            .is_err()
+        {
             return;
         }
         let mut poll = tokio::time::interval(POLL);
@@ -218,7 +221,7 @@ pub fn watch(path: PathBuf) -> Result<mpsc::Receiver<SourceEvent>, WatchError> {
             }
         }
     });
-    Ok(rx)
+    Ok(())
 }
 
 fn concerned(target: &Target, paths: &[PathBuf]) -> Vec<Concern> {

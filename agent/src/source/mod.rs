@@ -3,6 +3,7 @@
 //! where a service came from except its `Origin`.
 
 pub mod files;
+pub mod kubernetes;
 
 use std::{fmt, path::Path, sync::Arc};
 
@@ -45,6 +46,22 @@ pub enum StatsClaim {
     Cleared,
 }
 
+/// Which source an event comes from (each says when it has delivered what it had).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    Files,
+    Kubernetes,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Files => "files",
+            SourceKind::Kubernetes => "kubernetes",
+        }
+    }
+}
+
 /// What a source tells the control loop.
 #[derive(Debug)]
 pub enum SourceEvent {
@@ -56,6 +73,7 @@ pub enum SourceEvent {
     },
     /// An origin was rejected whole; what it defined before keeps serving.
     Rejected { origin: Origin, error: ConfigError },
-    /// The source delivered everything it had when it started.
-    Synced,
+    /// The source delivered everything it had when it started (for Kubernetes: the first
+    /// full list of Services and EndpointSlices).
+    Synced(SourceKind),
 }

@@ -33,6 +33,11 @@ struct MapLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ResourceLabels {
+    resource: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -56,6 +61,7 @@ pub struct Metrics {
     map_entries: Family<MapLabels, Gauge>,
     map_capacity: Family<MapLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
+    watch_failures: Family<ResourceLabels, Counter>,
     /// What the collector reads during one encode.
     scrape: Arc<Mutex<Scrape>>,
 }
@@ -80,6 +86,7 @@ impl Metrics {
             map_entries: Family::default(),
             map_capacity: Family::default(),
             reloads: Family::default(),
+            watch_failures: Family::default(),
             scrape: Arc::clone(&scrape),
             registry: Registry::default(),
         };
@@ -129,6 +136,11 @@ impl Metrics {
             "Config reloads (a changed file, or a Kubernetes object) by result",
             m.reloads.clone(),
         );
+        r.register(
+            "weft_kubernetes_watch_failures",
+            "List or watch requests to the Kubernetes API that failed (each is retried with backoff)",
+            m.watch_failures.clone(),
+        );
         r.register_collector(Box::new(ServiceCollector { scrape }));
         Metrics { registry, ..m }
     }
@@ -176,6 +188,12 @@ impl Metrics {
 
     pub fn config_reloaded(&self, ok: bool) {
         self.reloads.get_or_create(&ResultLabels::of(ok)).inc();
+    }
+
+    pub fn kubernetes_watch_failed(&self, resource: &'static str) {
+        self.watch_failures
+            .get_or_create(&ResourceLabels { resource })
+            .inc();
     }
 
     pub fn config_reloads(&self, ok: bool) -> u64 {

@@ -1,0 +1,558 @@
+//! A Kubernetes API server for tests, speaking the list/watch protocol for Services and
+//! EndpointSlices (what weft's Kubernetes source uses) over plain HTTP/1.1, inside the test's
+//! network namespace. The test writes objects directly; clients list and watch them as they
+//! would a real API server:
+//!
+//! - one resourceVersion counter for every object, as etcd's revision;
+//! - a list answers every matching object and the version it was taken at (no paging: a
+//!   server may return everything in one page);
+//! - a watch streams `ADDED`/`MODIFIED`/`DELETED` events after the version it names, one
+//!   JSON object per line in a chunked response, until its `timeoutSeconds`;
+//! - a watch from a version the server no longer keeps gets a `410 Gone` Status as an `ERROR`
+//!   event (as kube-apiserver answers), and so does every open watch when `expire` is
+//!   called: the client must list again;
+//! - label selectors `key`, `!key` and `key=value`, comma-separated;
+//! - `stop` kills the server (listener and every connection); `start_again` brings it back
+//!   on the same address with the same objects, as an API server restarting.
+//!
+//! It validates nothing and needs no credentials.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use crate::NetNs;
+
+/// The resources the fake serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Service,
+    EndpointSlice,
+}
+
+impl Kind {
+    fn of(object: &Value) -> Kind {
+        match object["kind"].as_str() {
+            Some("Service") => Kind::Service,
+            Some("EndpointSlice") => Kind::EndpointSlice,
+            other => panic!("the fake API server has no kind {other:?}"),
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Kind::Service => "/api/v1/services",
+            Kind::EndpointSlice => "/apis/discovery.k8s.io/v1/endpointslices",
+        }
+    }
+
+    fn list_kind(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Service => ("v1", "ServiceList"),
+            Kind::EndpointSlice => ("discovery.k8s.io/v1", "EndpointSliceList"),
+        }
+    }
+}
+
+/// One change, as a watch sends it.
+struct Change {
+    version: u64,
+    kind: Kind,
+    event: &'static str,
+    object: Value,
+}
+
+#[derive(Default)]
+struct State {
+    version: u64,
+    objects: BTreeMap<(Kind, String, String), Value>,
+    history: Vec<Change>,
+    /// Watches from a version below this get `410 Gone`.
+    oldest: u64,
+    /// Bumped by `expire`: open watches end with `410 Gone`.
+    expiries: u64,
+    /// Open connections, to kill on `stop`.
+    connections: Vec<TcpStream>,
+    /// `METHOD path?query` of every request, in order.
+    requests: Vec<String>,
+    next_cluster_ip: u32,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    changed: Condvar,
+    stopped: AtomicBool,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct FakeApiServer {
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+    netns_path: String,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl FakeApiServer {
+    /// Starts serving on a free port of 127.0.0.1 inside `netns`.
+    pub fn start(netns: &NetNs) -> FakeApiServer {
+        let listener =
+            netns.run(|| TcpListener::bind("127.0.0.1:0").expect("binding the fake API server"));
+        let addr = listener.local_addr().expect("local address");
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                // Versions start high enough that "0" (any version) is never a real one.
+                version: 1000,
+                oldest: 1000,
+                ..State::default()
+            }),
+            changed: Condvar::new(),
+            stopped: AtomicBool::new(false),
+        });
+        let mut server = FakeApiServer {
+            addr,
+            inner,
+            netns_path: netns.path(),
+            acceptor: None,
+        };
+        server.serve(listener);
+        server
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let inner = Arc::clone(&self.inner);
+        self.acceptor = Some(std::thread::spawn(move || accept(listener, inner)));
+    }
+
+    /// A kubeconfig that points a client at this server, written to `path`.
+    pub fn write_kubeconfig(&self, path: &Path) {
+        let text = format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+  - name: fake
+    cluster: {{ server: \"http://{}\" }}
+users:
+  - name: test
+    user: {{}}
+contexts:
+  - name: fake
+    context: {{ cluster: fake, user: test, namespace: default }}
+current-context: fake
+",
+            self.addr
+        );
+        std::fs::write(path, text).expect("writing kubeconfig");
+    }
+
+    /// Creates or replaces `object` (a Service or EndpointSlice in the API's JSON shape) and
+    /// returns it as stored: with its resourceVersion, and a Service with its cluster IP.
+    pub fn apply(&self, mut object: Value) -> Value {
+        let kind = Kind::of(&object);
+        let mut state = self.inner.lock();
+        state.version += 1;
+        let version = state.version;
+        let meta = &mut object["metadata"];
+        if meta["namespace"].is_null() {
+            meta["namespace"] = json!("default");
+        }
+        meta["resourceVersion"] = json!(version.to_string());
+        let key = (
+            kind,
+            meta["namespace"].as_str().unwrap_or_default().to_string(),
+            meta["name"]
+                .as_str()
+                .expect("an object needs a name")
+                .to_string(),
+        );
+        if kind == Kind::Service {
+            let spec = &mut object["spec"];
+            let wants_ip =
+                spec["type"].as_str() != Some("ExternalName") && spec["clusterIP"].is_null();
+            if wants_ip {
+                let kept = state
+                    .objects
+                    .get(&key)
+                    .map(|o| o["spec"]["clusterIP"].clone());
+                let ip = kept.filter(|ip| !ip.is_null()).unwrap_or_else(|| {
+                    state.next_cluster_ip += 1;
+                    let n = state.next_cluster_ip;
+                    json!(format!("10.96.{}.{}", 128 + (n >> 8), n & 0xff))
+                });
+                object["spec"]["clusterIP"] = ip.clone();
+                object["spec"]["clusterIPs"] = json!([ip]);
+            }
+        }
+        let event = if state.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        state.objects.insert(key, object.clone());
+        state.history.push(Change {
+            version,
+            kind,
+            event,
+            object: object.clone(),
+        });
+        drop(state);
+        self.inner.changed.notify_all();
+        object
+    }
+
+    /// Deletes an object; a watch sends its last state with `DELETED`.
+    pub fn delete(&self, kind: Kind, namespace: &str, name: &str) {
+        let mut state = self.inner.lock();
+        let Some(mut object) =
+            state
+                .objects
+                .remove(&(kind, namespace.to_string(), name.to_string()))
+        else {
+            panic!("no {kind:?} {namespace}/{name} to delete");
+        };
+        state.version += 1;
+        let version = state.version;
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
+        state.history.push(Change {
+            version,
+            kind,
+            event: "DELETED",
+            object,
+        });
+        drop(state);
+        self.inner.changed.notify_all();
+    }
+
+    /// Forgets the history: every open watch ends with `410 Gone`, and so does any watch
+    /// from a version before now. Clients must list again.
+    pub fn expire(&self) {
+        let mut state = self.inner.lock();
+        // A version of its own, so a list taken after this is one a watch can resume from.
+        state.version += 1;
+        state.oldest = state.version;
+        state.expiries += 1;
+        drop(state);
+        self.inner.changed.notify_all();
+    }
+
+    /// Kills the server: the listener and every open connection.
+    pub fn stop(&mut self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        self.inner.changed.notify_all();
+        for connection in std::mem::take(&mut self.inner.lock().connections) {
+            let _ = connection.shutdown(Shutdown::Both);
+        }
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+
+    /// Serves again on the same address, with the objects it had.
+    pub fn start_again(&mut self) {
+        assert!(self.acceptor.is_none(), "the fake API server is running");
+        self.inner.stopped.store(false, Ordering::SeqCst);
+        let addr = self.addr;
+        let netns = std::fs::File::open(&self.netns_path).expect("opening the netns");
+        let listener = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: setns on a valid netns fd affects only this thread.
+            let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            TcpListener::bind(addr).expect("binding the fake API server again")
+        })
+        .join()
+        .expect("binding thread");
+        self.serve(listener);
+    }
+
+    /// `METHOD path?query` of every request so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.inner.lock().requests.clone()
+    }
+
+    /// The current resourceVersion.
+    pub fn version(&self) -> u64 {
+        self.inner.lock().version
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn accept(listener: TcpListener, inner: Arc<Inner>) {
+    while !inner.stopped.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let _ = stream.set_nonblocking(false);
+                if let Ok(clone) = stream.try_clone() {
+                    inner.lock().connections.push(clone);
+                }
+                let inner = Arc::clone(&inner);
+                std::thread::spawn(move || serve_connection(stream, &inner));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Requests on one connection, one after another (HTTP/1.1 keep-alive), until a watch ends
+/// it or the client closes it.
+fn serve_connection(stream: TcpStream, inner: &Inner) {
+    let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
+    let mut stream = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        // Headers: nothing in them matters here (no body on GET).
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" || line == "\n" {
+                break;
+            }
+        }
+        let mut parts = request_line.split_whitespace();
+        let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        inner.lock().requests.push(format!("{method} {target}"));
+        if inner.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let query: BTreeMap<String, String> = query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (k.to_string(), percent_decode(v)))
+            .collect();
+        let kind = [Kind::Service, Kind::EndpointSlice]
+            .into_iter()
+            .find(|k| k.path() == path);
+        let keep_open = match (method, kind) {
+            ("GET", Some(kind)) if query.get("watch").map(String::as_str) == Some("true") => {
+                watch(&mut stream, inner, kind, &query);
+                false
+            }
+            ("GET", Some(kind)) => list(&mut stream, inner, kind, &query),
+            _ => respond(
+                &mut stream,
+                "404 Not Found",
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": format!("{method} {path}: not served by the fake")}),
+            ),
+        };
+        if !keep_open {
+            return;
+        }
+    }
+}
+
+fn respond(stream: &mut TcpStream, status: &str, body: &Value) -> bool {
+    let body = serde_json::to_vec(body).expect("json");
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).is_ok() && stream.write_all(&body).is_ok()
+}
+
+fn list(
+    stream: &mut TcpStream,
+    inner: &Inner,
+    kind: Kind,
+    query: &BTreeMap<String, String>,
+) -> bool {
+    let selector = Selector::parse(query.get("labelSelector").map_or("", String::as_str));
+    let state = inner.lock();
+    let items: Vec<Value> = state
+        .objects
+        .iter()
+        .filter(|((k, _, _), object)| *k == kind && selector.matches(object))
+        .map(|(_, object)| object.clone())
+        .collect();
+    let (api_version, list_kind) = kind.list_kind();
+    let body = json!({
+        "apiVersion": api_version,
+        "kind": list_kind,
+        "metadata": { "resourceVersion": state.version.to_string() },
+        "items": items,
+    });
+    drop(state);
+    respond(stream, "200 OK", &body)
+}
+
+fn chunk(stream: &mut TcpStream, event: &Value) -> bool {
+    let mut line = serde_json::to_vec(event).expect("json");
+    line.push(b'\n');
+    let head = format!("{:x}\r\n", line.len());
+    stream.write_all(head.as_bytes()).is_ok()
+        && stream.write_all(&line).is_ok()
+        && stream.write_all(b"\r\n").is_ok()
+        && stream.flush().is_ok()
+}
+
+fn gone(since: u64, oldest: u64) -> Value {
+    json!({
+        "type": "ERROR",
+        "object": {
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Expired", "code": 410,
+            "message": format!("too old resource version: {since} ({oldest})"),
+        }
+    })
+}
+
+fn watch(stream: &mut TcpStream, inner: &Inner, kind: Kind, query: &BTreeMap<String, String>) {
+    let selector = Selector::parse(query.get("labelSelector").map_or("", String::as_str));
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .map_or(Duration::from_secs(300), Duration::from_secs);
+    let deadline = Instant::now() + timeout;
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let mut state = inner.lock();
+    // "" or "0": from now on (as "any version" means to a real server here).
+    let mut since: u64 = match query.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => state.version,
+        Some(v) => v.parse().unwrap_or(0),
+    };
+    let expiries = state.expiries;
+    if since < state.oldest {
+        let oldest = state.oldest;
+        drop(state);
+        chunk(stream, &gone(since, oldest));
+        let _ = stream.write_all(b"0\r\n\r\n");
+        return;
+    }
+    loop {
+        if inner.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        if state.expiries != expiries {
+            let oldest = state.oldest;
+            drop(state);
+            chunk(stream, &gone(since, oldest));
+            let _ = stream.write_all(b"0\r\n\r\n");
+            return;
+        }
+        let start = state.history.partition_point(|c| c.version <= since);
+        let events: Vec<Value> = state.history[start..]
+            .iter()
+            .filter(|c| c.kind == kind && selector.matches(&c.object))
+            .map(|c| json!({ "type": c.event, "object": c.object }))
+            .collect();
+        since = state.version;
+        if !events.is_empty() {
+            drop(state);
+            for event in &events {
+                if !chunk(stream, event) {
+                    return;
+                }
+            }
+            state = inner.lock();
+            continue;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            drop(state);
+            let _ = stream.write_all(b"0\r\n\r\n");
+            return;
+        }
+        let wait = (deadline - now).min(Duration::from_millis(200));
+        state = inner
+            .changed
+            .wait_timeout(state, wait)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+}
+
+/// A label selector of `key`, `!key` and `key=value` terms, all of which must hold.
+struct Selector(Vec<(String, Option<String>, bool)>);
+
+impl Selector {
+    fn parse(text: &str) -> Selector {
+        Selector(
+            text.split(',')
+                .filter(|t| !t.is_empty())
+                .map(|term| {
+                    if let Some(key) = term.strip_prefix('!') {
+                        (key.to_string(), None, false)
+                    } else if let Some((key, value)) = term.split_once('=') {
+                        (
+                            key.trim_end_matches('=').to_string(),
+                            Some(value.to_string()),
+                            true,
+                        )
+                    } else {
+                        (term.to_string(), None, true)
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    fn matches(&self, object: &Value) -> bool {
+        let labels = &object["metadata"]["labels"];
+        self.0.iter().all(|(key, value, present)| {
+            let label = labels.get(key).and_then(Value::as_str);
+            match (value, present) {
+                (Some(v), _) => label == Some(v.as_str()),
+                (None, true) => label.is_some(),
+                (None, false) => label.is_none(),
+            }
+        })
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
