@@ -206,8 +206,16 @@ pub struct KernelTables {
     pub backends: BTreeSet<Vec<u8>>,
 }
 
-/// The `KernelTables` of the maps under `maps_dir`.
+/// The `KernelTables` of the maps under `maps_dir`, which must be consistent (no write in
+/// progress).
 pub fn kernel_tables(maps_dir: &Path) -> KernelTables {
+    try_kernel_tables(maps_dir).unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// The `KernelTables` of the maps under `maps_dir`, or why they are not consistent: maps
+/// are read one after another, so a reader racing the agent's writes may see a service
+/// pointing at a table that was just replaced. Pollers retry.
+pub fn try_kernel_tables(maps_dir: &Path) -> Result<KernelTables, String> {
     let services = RawMap::<20, 16>::open(&maps_dir.join("WEFT_SERVICE_V1")).entries();
     let backends: BTreeMap<u32, [u8; 20]> =
         RawMap::<4, 20>::open(&maps_dir.join("WEFT_BACKEND_V1"))
@@ -233,7 +241,7 @@ pub fn kernel_tables(maps_dir: &Path) -> KernelTables {
         for chunk in 0..size.div_ceil(64) {
             let c = chunks
                 .get(&(table_id, chunk as u32))
-                .unwrap_or_else(|| panic!("table {table_id} lacks chunk {chunk}"));
+                .ok_or_else(|| format!("table {table_id} lacks chunk {chunk}"))?;
             used += 1;
             for slot in c.chunks(4) {
                 let id = u32::from_ne_bytes(slot.try_into().unwrap());
@@ -246,15 +254,20 @@ pub fn kernel_tables(maps_dir: &Path) -> KernelTables {
             .map(|id| {
                 backends
                     .get(id)
-                    .unwrap_or_else(|| panic!("a slot names backend {id}, not in the map"))
-                    .to_vec()
+                    .map(|b| b.to_vec())
+                    .ok_or_else(|| format!("a slot names backend {id}, not in the map"))
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         tables.insert(key.to_vec(), endpoints);
     }
-    assert_eq!(used, chunks.len(), "table chunks no service uses");
-    KernelTables {
+    if used != chunks.len() {
+        return Err(format!(
+            "{} table chunks no service uses",
+            chunks.len().saturating_sub(used)
+        ));
+    }
+    Ok(KernelTables {
         tables,
         backends: backends.values().map(|b| b.to_vec()).collect(),
-    }
+    })
 }

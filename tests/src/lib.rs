@@ -13,7 +13,15 @@ pub mod kubernetes;
 pub mod metrics;
 pub mod netns;
 
-use std::sync::{Mutex, MutexGuard};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
 pub use agent::Agent;
 pub use backend::Backends;
@@ -84,6 +92,58 @@ impl Env {
     pub fn client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let _member = self.cgroup.join();
         self.netns.run(f)
+    }
+}
+
+/// Connects made in a loop while a test does something else.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<LoadOutcome>,
+    _member: cgroup::Membership,
+}
+
+pub struct LoadOutcome {
+    pub ok: u64,
+    /// What went wrong with each connect that failed or was answered wrongly.
+    pub failures: Vec<String>,
+}
+
+impl Env {
+    /// Connects to `service` one after another (as a client the kernel programs see) until
+    /// `finish`, or `limit` whatever happens; each must be answered by a backend through the
+    /// service address.
+    pub fn load(&self, service: SocketAddr, limit: Duration) -> Load {
+        let member = self.cgroup.join();
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = {
+            let stop = Arc::clone(&stop);
+            self.netns.spawn(move || {
+                let (mut ok, mut failures) = (0, Vec::new());
+                let started = Instant::now();
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
+                    match client::connect_once(service) {
+                        Ok((name, peer, _)) if peer == service && !name.is_empty() => ok += 1,
+                        Ok((name, peer, _)) => {
+                            failures.push(format!("answered {name:?} as {peer}"));
+                        }
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                LoadOutcome { ok, failures }
+            })
+        };
+        Load {
+            stop,
+            handle,
+            _member: member,
+        }
+    }
+}
+
+impl Load {
+    pub fn finish(self) -> LoadOutcome {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("load thread")
     }
 }
 

@@ -81,6 +81,15 @@ impl NetNs {
         })
     }
 
+    /// A TCP listener bound to `addr` inside this namespace (its threads may run anywhere:
+    /// a socket stays in the namespace it was made in).
+    pub fn bind_tcp(&self, addr: std::net::SocketAddr) -> std::net::TcpListener {
+        self.run(move || {
+            std::net::TcpListener::bind(addr)
+                .unwrap_or_else(|e| panic!("binding {addr} in the test namespace: {e}"))
+        })
+    }
+
     pub fn raw_fd(&self) -> i32 {
         self.file.as_raw_fd()
     }

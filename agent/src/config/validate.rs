@@ -176,11 +176,12 @@ fn check_name(path: &str, name: &str, errors: &mut Errors) {
         errors.add(path, format!("longer than {MAX_NAME_LEN} characters"));
     } else if let Some(bad) = name
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')))
+        // `/` and `:` as in the names the Kubernetes source gives (`namespace/name:port`).
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':')))
     {
         errors.add(
             path,
-            format!("{name:?} contains {bad:?}: use letters, digits, '-', '_', '.', '/'"),
+            format!("{name:?} contains {bad:?}: use letters, digits, '-', '_', '.', '/', ':'"),
         );
     }
 }

@@ -104,7 +104,6 @@ impl Inner {
 pub struct FakeApiServer {
     pub addr: SocketAddr,
     inner: Arc<Inner>,
-    netns_path: String,
     acceptor: Option<JoinHandle<()>>,
 }
 
@@ -127,7 +126,6 @@ impl FakeApiServer {
         let mut server = FakeApiServer {
             addr,
             inner,
-            netns_path: netns.path(),
             acceptor: None,
         };
         server.serve(listener);
@@ -265,21 +263,11 @@ current-context: fake
         }
     }
 
-    /// Serves again on the same address, with the objects it had.
-    pub fn start_again(&mut self) {
+    /// Serves again on the same address (in `netns`), with the objects it had.
+    pub fn start_again(&mut self, netns: &NetNs) {
         assert!(self.acceptor.is_none(), "the fake API server is running");
         self.inner.stopped.store(false, Ordering::SeqCst);
-        let addr = self.addr;
-        let netns = std::fs::File::open(&self.netns_path).expect("opening the netns");
-        let listener = std::thread::spawn(move || {
-            use std::os::fd::AsRawFd as _;
-            // SAFETY: setns on a valid netns fd affects only this thread.
-            let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            TcpListener::bind(addr).expect("binding the fake API server again")
-        })
-        .join()
-        .expect("binding thread");
+        let listener = netns.bind_tcp(self.addr);
         self.serve(listener);
     }
 

@@ -11,12 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::{Stream, StreamExt, stream};
+use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use kube::{
-    Api, Client,
-    runtime::{WatchStreamExt, watcher},
-};
+use kube::{Api, Client, runtime::watcher};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -33,9 +30,17 @@ use crate::{
 const NOT_OURS: &str = "!service.kubernetes.io/service-proxy-name";
 /// The same failure is logged again after this long, not at every retry.
 const REPEAT_ERROR: Duration = Duration::from_secs(60);
+/// Retries after a failed list or watch wait from the first to the longest delay, doubling
+/// (spread), and from the first again once the API server answers. client-go's reflector
+/// goes up to 30 s, kind to a struggling API server; a node agent also needs to see the API
+/// server again soon after it is back (every change made meanwhile waits for it), so 10 s.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const LONGEST_RETRY: Duration = Duration::from_secs(10);
+/// Watch events waiting for the state before the watchers wait for it.
+const QUEUE: usize = 256;
 
 /// One resource's watch event, or why there is none (boxed: a Service is large, and the
-/// two kinds share the stream).
+/// two kinds share a queue).
 enum Item {
     Service(Box<Result<watcher::Event<Service>, watcher::Error>>),
     Slice(Box<Result<watcher::Event<EndpointSlice>, watcher::Error>>),
@@ -49,31 +54,100 @@ pub fn spawn(
     tx: mpsc::Sender<SourceEvent>,
     on_error: impl Fn(Resource) + Send + 'static,
 ) {
-    tokio::spawn(run(client, node, tx, on_error));
-}
-
-fn events(client: Client) -> impl Stream<Item = Item> + Send {
+    let (items_tx, items) = mpsc::channel(QUEUE);
     // `any_semantic`: lists may be served from the API server's watch cache, as informers'
     // are; at thousands of nodes a quorum read per relist is the API server's problem.
     let services = watcher(
         Api::<Service>::all(client.clone()),
         watcher::Config::default().labels(NOT_OURS).any_semantic(),
-    )
-    .default_backoff()
-    .map(|item| Item::Service(Box::new(item)));
+    );
     let slices = watcher(
         Api::<EndpointSlice>::all(client),
         watcher::Config::default()
             .labels(SERVICE_NAME)
             .any_semantic(),
-    )
-    .default_backoff()
-    .map(|item| Item::Slice(Box::new(item)));
-    stream::select(services, slices)
+    );
+    tokio::spawn(follow(
+        services,
+        |i| Item::Service(Box::new(i)),
+        items_tx.clone(),
+    ));
+    tokio::spawn(follow(slices, |i| Item::Slice(Box::new(i)), items_tx));
+    tokio::spawn(run(items, node, tx, on_error));
+}
+
+/// Passes one resource's watch events on, pausing after a failure (the watcher retries as
+/// soon as it is polled again). `410 Gone` is no failure: the watcher lists again at once.
+async fn follow<K>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    wrap: fn(Result<watcher::Event<K>, watcher::Error>) -> Item,
+    items: mpsc::Sender<Item>,
+) {
+    let mut retries = Retries::new();
+    futures_util::pin_mut!(events);
+    while let Some(item) = events.next().await {
+        let pause = match &item {
+            // The API server answers: the next failure starts the delays over.
+            Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                retries.reset();
+                None
+            }
+            Ok(_) => None,
+            Err(error) if gone(error) => None,
+            Err(_) => Some(retries.next_delay()),
+        };
+        if items.send(wrap(item)).await.is_err() {
+            return;
+        }
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// The API server no longer has the history a watch resumes from: routine, the watcher
+/// lists again.
+fn gone(error: &watcher::Error) -> bool {
+    matches!(error, watcher::Error::WatchError(status) if status.code == 410)
+}
+
+/// Delays between retries: doubling from `FIRST_RETRY` to `LONGEST_RETRY`, each spread by
+/// up to a quarter either way so that the agents of a cluster do not retry in step.
+struct Retries {
+    next: Duration,
+    /// xorshift state for the spread (no need for more randomness than this).
+    seed: u64,
+}
+
+impl Retries {
+    fn new() -> Retries {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Retries {
+            next: FIRST_RETRY,
+            seed: (now.as_nanos() as u64 ^ u64::from(std::process::id())) | 1,
+        }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        // A factor in [0.75, 1.25).
+        let spread = 0.75 + (self.seed % 1000) as f64 / 2000.0;
+        let delay = self.next.mul_f64(spread);
+        self.next = (self.next * 2).min(LONGEST_RETRY);
+        delay
+    }
+
+    fn reset(&mut self) {
+        self.next = FIRST_RETRY;
+    }
 }
 
 async fn run(
-    client: Client,
+    mut items: mpsc::Receiver<Item>,
     node: Arc<str>,
     tx: mpsc::Sender<SourceEvent>,
     on_error: impl Fn(Resource) + Send + 'static,
@@ -81,9 +155,7 @@ async fn run(
     let mut state = ClusterState::new(node);
     let mut errors = ErrorLog::default();
     let mut synced = false;
-    let events = events(client);
-    futures_util::pin_mut!(events);
-    while let Some(item) = events.next().await {
+    while let Some(item) = items.recv().await {
         let failed = match item {
             Item::Service(item) => match *item {
                 Ok(event) => {
@@ -168,11 +240,7 @@ impl ErrorLog {
 
     /// Logs `error` unless it was just logged; false if it is no failure at all.
     fn failed(&mut self, resource: Resource, error: &watcher::Error) -> bool {
-        // The API server no longer has the history the watch resumes from: routine, and
-        // the watcher relists.
-        if let watcher::Error::WatchError(status) = error
-            && status.code == 410
-        {
+        if gone(error) {
             info!(
                 resource = resource.as_str(),
                 "the watch's resourceVersion expired; listing again (nothing is flushed meanwhile)"
@@ -201,5 +269,26 @@ impl ErrorLog {
                 "watching the Kubernetes API again"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_double_up_to_the_longest_spread_by_a_quarter_and_reset() {
+        let mut retries = Retries::new();
+        let delays: Vec<Duration> = (0..8).map(|_| retries.next_delay()).collect();
+        let bases = [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0];
+        for (delay, base) in delays.iter().zip(bases) {
+            let seconds = delay.as_secs_f64();
+            assert!(
+                (base * 0.75..base * 1.25).contains(&seconds),
+                "{delay:?} not within a quarter of {base} s: {delays:?}"
+            );
+        }
+        retries.reset();
+        assert!(retries.next_delay() < Duration::from_millis(625));
     }
 }
