@@ -22,6 +22,41 @@ pub struct Options {
     /// `debian-6.1`); no lint, unit tests or bench.
     #[arg(long, value_name = "NAME")]
     kernel: Option<String>,
+    /// Run the Kubernetes scenarios against the real cluster KUBECONFIG (or ~/.kube/config)
+    /// names instead (needs kubectl); no lint, unit tests or bench.
+    #[arg(long, conflicts_with = "kernel")]
+    cluster: bool,
+}
+
+/// The opt-in suite: the Kubernetes scenarios against a real cluster.
+fn real_cluster(built: &build::Built, filter: Option<&str>) -> Result<()> {
+    let kubeconfig = std::env::var_os("KUBECONFIG")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".kube/config")))
+        .filter(|p| p.exists())
+        .ok_or_else(|| anyhow::anyhow!("--cluster: set KUBECONFIG (or write ~/.kube/config) to name the cluster to test against"))?;
+    let found = Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output();
+    if !found.is_ok_and(|o| o.status.success()) {
+        anyhow::bail!("--cluster: kubectl is not on PATH");
+    }
+    let mut e2e = cargo_command(
+        built,
+        &[
+            "test",
+            "--package",
+            "weft-tests",
+            "--test",
+            "kubernetes_cluster",
+        ],
+    );
+    e2e.env("KUBECONFIG", kubeconfig)
+        .arg("--")
+        .args(filter)
+        .args(["--ignored", "--test-threads=1", "--nocapture"]);
+    util::run(&mut e2e)
 }
 
 /// cargo in the workspace with the environment the tests build and run with.
@@ -40,6 +75,9 @@ pub fn run(opts: &Options) -> Result<()> {
     let built = build::run(&build::Options { release: true })?;
     if let Some(kernel) = &opts.kernel {
         return vm_test::run(&built, kernel, opts.filter.as_deref(), started);
+    }
+    if opts.cluster {
+        return real_cluster(&built, opts.filter.as_deref());
     }
     setup::ensure_debian_tool("promtool", "prometheus")?;
     // Without it the manifest test fails under CI=true and is skipped loudly elsewhere.

@@ -660,20 +660,24 @@ impl Lab {
 
     /// The agent's resident memory, and its CPU use while idle for `window`.
     pub fn weft_footprint(&self, window: Duration) -> Footprint {
-        let pid = self.weft.agent().pid();
-        let before = cpu_time(pid);
-        std::thread::sleep(window);
-        let used = cpu_time(pid).saturating_sub(before);
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let rss_kb = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
-        Footprint {
-            rss_kb,
-            cpu_percent: used.as_secs_f64() / window.as_secs_f64() * 100.0,
-        }
+        footprint(self.weft.agent().pid(), window)
+    }
+}
+
+/// A process's resident memory, and its CPU use over `window`.
+pub fn footprint(pid: u32, window: Duration) -> Footprint {
+    let before = cpu_time(pid);
+    std::thread::sleep(window);
+    let used = cpu_time(pid).saturating_sub(before);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    Footprint {
+        rss_kb,
+        cpu_percent: used.as_secs_f64() / window.as_secs_f64() * 100.0,
     }
 }
 

@@ -5,6 +5,7 @@
 //! also when the bench fails.
 
 mod applies;
+mod kubernetes;
 mod lab;
 pub mod load;
 mod report;
@@ -31,6 +32,8 @@ struct Plan {
     failover: FailoverTiming,
     /// Services installed for the second set of rounds and the programming times.
     many: usize,
+    /// EndpointSlice changes timed.
+    slice_changes: usize,
 }
 
 impl Plan {
@@ -48,6 +51,7 @@ impl Plan {
                 },
                 // `nft -f` alone takes ~100 s for 10,000 services here.
                 many: 1_000,
+                slice_changes: 5,
             }
         } else {
             Plan {
@@ -61,6 +65,7 @@ impl Plan {
                     after: Duration::from_secs(3),
                 },
                 many: 10_000,
+                slice_changes: 21,
             }
         }
     }
@@ -115,6 +120,19 @@ pub fn run(options: &Options) -> Report {
             f.setup, f.connects, f.failed, f.recovered_after
         );
     }
+    eprintln!(
+        "bench: Kubernetes: {} Services with a slice each from a fake API server",
+        plan.many
+    );
+    let k = kubernetes::measure(plan.many, plan.slice_changes, plan.idle);
+    if let Some((total, apply)) = k.change_medians() {
+        eprintln!(
+            "bench: Kubernetes: sync {:?} (agent {:.1} ms), one slice → kernel {total:?} median (agent {apply:.2} ms)",
+            k.sync,
+            k.sync_apply_ms()
+        );
+    }
+    report.kubernetes = Some(k);
     report
 }
 

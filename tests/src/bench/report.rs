@@ -4,6 +4,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, path::Path, time::Duration};
 
 use super::{
+    kubernetes::KubernetesBench,
     lab::{Contender, Failover, Footprint, HealthChange, Install, WeftChange, WeightChange},
     load::Sample,
 };
@@ -26,6 +27,8 @@ pub struct Report {
     /// The socket path at one service: rounds with per-connection statistics, rounds without.
     pub stats_on_off: (Vec<Sample>, Vec<Sample>),
     pub failover: Vec<Failover>,
+    /// The Kubernetes source at the larger scale.
+    pub kubernetes: Option<KubernetesBench>,
 }
 
 /// Medians over the rounds of one contender at one scale.
@@ -87,6 +90,7 @@ impl Report {
             iptables_variant: String::new(),
             stats_on_off: (Vec::new(), Vec::new()),
             failover: Vec::new(),
+            kubernetes: None,
         }
     }
 
@@ -137,6 +141,24 @@ impl Report {
             }
         }
         problems.extend(self.weft_programming_problems());
+        match &self.kubernetes {
+            None => problems.push("weft with Kubernetes: no numbers".into()),
+            Some(k) if k.changes.is_empty() => {
+                problems.push("weft with Kubernetes: no change measured".into())
+            }
+            Some(k) => {
+                if let Some((_, a)) = k
+                    .changes
+                    .iter()
+                    .find(|(_, a)| a.changed != 1 || a.failures > 0)
+                {
+                    problems.push(format!(
+                        "weft with Kubernetes: a one-slice change applied {} services ({} failures)",
+                        a.changed, a.failures
+                    ));
+                }
+            }
+        }
         match self.stats_ratio() {
             None => problems.push("weft with statistics on/off: no numbers".into()),
             Some((on, off, _)) if on.failures + off.failures > 0 => problems.push(format!(
@@ -253,6 +275,7 @@ impl Report {
         }
         out.push_str(&self.programming_section());
         out.push_str(&self.health_section());
+        out.push_str(&self.kubernetes_section());
         out.push_str(&self.footprint_section());
         out.push_str(&self.stats_section());
         out.push_str(&self.failover_section());
@@ -329,6 +352,53 @@ impl Report {
              checking of its own: a readiness change reaches it through the kubelet and an \
              EndpointSlice update, then a one-service restore as in the drain row above.\n\n",
         );
+        out
+    }
+
+    fn kubernetes_section(&self) -> String {
+        let mut out = String::from("## Kubernetes: EndpointSlice changes (weft)\n\n");
+        let Some(k) = &self.kubernetes else {
+            return out + "n/a\n\n";
+        };
+        let _ = writeln!(
+            out,
+            "The agent with `--kubernetes` against a fake API server speaking the list/watch \
+             protocol over HTTP in a network namespace of its own, holding {} Services (one \
+             TCP port each) with one EndpointSlice of 10 ready endpoints each. Sync: agent start \
+             until the apply that leaves every Service in force. Change: one Service's slice \
+             rewritten (its first endpoint ready, then not), {} times, 20 ms apart; timed from \
+             the API write until the agent logged the apply (after its map writes: the watch \
+             event's delivery and decoding, mapping, planning, writing), and the agent's own \
+             `elapsed_ms` for that apply.\n",
+            k.services,
+            k.changes.len()
+        );
+        out.push_str("| | time | agent apply |\n| --- | ---: | ---: |\n");
+        let _ = writeln!(
+            out,
+            "| first sync, {} Services | {:.0} ms | {:.1} ms ({} applies) |",
+            k.services,
+            ms(k.sync),
+            k.sync_apply_ms(),
+            k.sync_applies.len()
+        );
+        if let Some((total, apply)) = k.change_medians() {
+            let _ = writeln!(
+                out,
+                "| one EndpointSlice changed (median) | {:.1} ms | {apply:.2} ms |",
+                ms(total)
+            );
+        }
+        if let Some(f) = k.footprint {
+            let _ = writeln!(
+                out,
+                "\nAgent footprint with {} Services from Kubernetes, idle: {:.1} MiB RSS, {:.1} % CPU.",
+                k.services,
+                f.rss_kb as f64 / 1024.0,
+                f.cpu_percent
+            );
+        }
+        out.push('\n');
         out
     }
 
@@ -410,7 +480,23 @@ impl Report {
         self.programming_targets(&mut out);
         self.footprint_targets(&mut out);
         self.failover_targets(&mut out);
+        self.kubernetes_targets(&mut out);
         out
+    }
+
+    fn kubernetes_targets(&self, out: &mut String) {
+        let Some((total, _)) = self.kubernetes.as_ref().and_then(|k| k.change_medians()) else {
+            return;
+        };
+        target_row(
+            out,
+            &format!(
+                "EndpointSlice update → kernel within 100 ms at {} services (median)",
+                self.many
+            ),
+            format!("{:.1} ms", ms(total)),
+            total < Duration::from_millis(100),
+        );
     }
 
     fn rate_targets(&self, out: &mut String) {
