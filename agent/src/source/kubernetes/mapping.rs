@@ -121,7 +121,7 @@ pub struct SliceFacts {
     pub problems: Vec<String>,
 }
 
-/// One address of an EndpointSlice endpoint, with its conditions (the API's defaults for
+/// An EndpointSlice endpoint (its first address), with its conditions (the API's defaults for
 /// absent ones).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct SliceEndpoint {
@@ -265,20 +265,20 @@ impl SliceFacts {
         let endpoints = slice
             .endpoints
             .iter()
-            .flat_map(|endpoint| {
+            .filter_map(|endpoint| {
                 let c = endpoint.conditions.as_ref();
                 let ready = c.and_then(|c| c.ready).unwrap_or(true);
                 let serving = c.and_then(|c| c.serving).unwrap_or(ready);
                 let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
                 let on_this_node = endpoint.node_name.as_deref() == Some(node);
-                endpoint.addresses.iter().filter_map(move |address| {
-                    Some(SliceEndpoint {
-                        address: address.parse().ok()?,
-                        ready,
-                        serving,
-                        terminating,
-                        on_this_node,
-                    })
+                // The addresses of one endpoint are the same pod; the API lets consumers use
+                // the first only, and kube-proxy does.
+                Some(SliceEndpoint {
+                    address: endpoint.addresses.first()?.parse().ok()?,
+                    ready,
+                    serving,
+                    terminating,
+                    on_this_node,
                 })
             })
             .collect();
@@ -668,8 +668,12 @@ mod tests {
             addresses(named(&mapped, "shop/reviews:http")),
             ["10.1.0.7:8080/1"]
         );
-        // Absent conditions mean ready.
-        let plain = v4_slice("reviews-a", None, json!([{ "addresses": ["10.1.0.8"] }]));
+        // Absent conditions mean ready; of an endpoint's addresses the first is used.
+        let plain = v4_slice(
+            "reviews-a",
+            None,
+            json!([{ "addresses": ["10.1.0.8", "10.1.0.9"] }]),
+        );
         let mapped = map(&reviews(), &[&plain], "n1");
         assert_eq!(
             addresses(named(&mapped, "shop/reviews:http")),
