@@ -116,7 +116,12 @@ fn main() -> ExitCode {
 
 /// The node's name as given, else the host name (kube-proxy's default too).
 fn node_name(given: Option<String>) -> anyhow::Result<String> {
-    if let Some(name) = given.filter(|n| !n.is_empty()) {
+    // Node names are lowercase DNS names; a stray space or capital from a hand-written
+    // value must not leave `Local` Services without endpoints.
+    if let Some(name) = given
+        .map(|n| n.trim().to_lowercase())
+        .filter(|n| !n.is_empty())
+    {
         return Ok(name);
     }
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(|e| {

@@ -30,11 +30,19 @@ pub struct Options {
 
 /// The opt-in suite: the Kubernetes scenarios against a real cluster.
 fn real_cluster(built: &build::Built, filter: Option<&str>) -> Result<()> {
+    // KUBECONFIG may list several files (colon-separated), as kubectl merges them.
     let kubeconfig = std::env::var_os("KUBECONFIG")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".kube/config")))
-        .filter(|p| p.exists())
-        .ok_or_else(|| anyhow::anyhow!("--cluster: set KUBECONFIG (or write ~/.kube/config) to name the cluster to test against"))?;
+        .filter(|v| std::env::split_paths(v).any(|p| p.exists()))
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| std::path::Path::new(&h).join(".kube/config").into_os_string())
+                .filter(|p| std::path::Path::new(p).exists())
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--cluster: set KUBECONFIG (or write ~/.kube/config) to name the cluster to test against"
+            )
+        })?;
     let found = Command::new("kubectl")
         .arg("version")
         .arg("--client")
@@ -52,7 +60,9 @@ fn real_cluster(built: &build::Built, filter: Option<&str>) -> Result<()> {
             "kubernetes_cluster",
         ],
     );
+    // Asked for explicitly: a test that cannot run (not root, say) fails, never skips.
     e2e.env("KUBECONFIG", kubeconfig)
+        .env("CI", "true")
         .arg("--")
         .args(filter)
         .args(["--ignored", "--test-threads=1", "--nocapture"]);

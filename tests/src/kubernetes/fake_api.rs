@@ -4,14 +4,16 @@
 //! would a real API server:
 //!
 //! - one resourceVersion counter for every object, as etcd's revision;
-//! - a list answers every matching object and the version it was taken at (no paging: a
-//!   server may return everything in one page);
+//! - a list answers the matching objects and the version it was taken at, in pages of
+//!   `limit` with a `continue` token served from the first page's snapshot;
 //! - a watch streams `ADDED`/`MODIFIED`/`DELETED` events after the version it names, one
 //!   JSON object per line in a chunked response, until its `timeoutSeconds`;
 //! - a watch from a version the server no longer keeps gets a `410 Gone` Status as an `ERROR`
 //!   event (as kube-apiserver answers), and so does every open watch when `expire` is
 //!   called: the client must list again;
-//! - label selectors `key`, `!key` and `key=value`, comma-separated;
+//! - label selectors `key`, `!key`, `key=value` and `key!=value`, comma-separated; an
+//!   object that enters or leaves a watch's selector is `ADDED` or `DELETED` to it;
+//! - a watch from version "0" (or none) first sends the current state as `ADDED`;
 //! - `stop` kills the server (listener and every connection); `start_again` brings it back
 //!   on the same address with the same objects, as an API server restarting.
 //!
@@ -69,8 +71,30 @@ impl Kind {
 struct Change {
     version: u64,
     kind: Kind,
-    event: &'static str,
-    object: Value,
+    /// The object before (for a watch whose selector it leaves or enters) and after.
+    before: Option<Value>,
+    after: Option<Value>,
+}
+
+impl Change {
+    /// The event a watch with `selector` sees, if any: an object that starts matching is
+    /// `ADDED`, one that stops matching `DELETED` (as a real API server sends them).
+    fn event(&self, selector: &Selector) -> Option<Value> {
+        let was = self.before.as_ref().filter(|o| selector.matches(o));
+        let is = self.after.as_ref().filter(|o| selector.matches(o));
+        let (kind, object) = match (was, is) {
+            (None, Some(now)) => ("ADDED", now.clone()),
+            (Some(_), Some(now)) => ("MODIFIED", now.clone()),
+            (Some(then), None) => {
+                // The last state, at this change's version.
+                let mut gone = self.after.clone().unwrap_or_else(|| then.clone());
+                gone["metadata"]["resourceVersion"] = json!(self.version.to_string());
+                ("DELETED", gone)
+            }
+            (None, None) => return None,
+        };
+        Some(json!({ "type": kind, "object": object }))
+    }
 }
 
 #[derive(Default)]
@@ -86,6 +110,8 @@ struct State {
     connections: Vec<TcpStream>,
     /// `METHOD path?query` of every request, in order.
     requests: Vec<String>,
+    /// Lists being paged through: the items still to send, by continue token.
+    pages: BTreeMap<String, (u64, Vec<Value>)>,
     next_cluster_ip: u32,
 }
 
@@ -199,17 +225,12 @@ current-context: fake
                 object["spec"]["clusterIPs"] = json!([ip]);
             }
         }
-        let event = if state.objects.contains_key(&key) {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        state.objects.insert(key, object.clone());
+        let before = state.objects.insert(key, object.clone());
         state.history.push(Change {
             version,
             kind,
-            event,
-            object: object.clone(),
+            before,
+            after: Some(object.clone()),
         });
         drop(state);
         self.inner.changed.notify_all();
@@ -232,8 +253,8 @@ current-context: fake
         state.history.push(Change {
             version,
             kind,
-            event: "DELETED",
-            object,
+            before: Some(object),
+            after: None,
         });
         drop(state);
         self.inner.changed.notify_all();
@@ -376,21 +397,46 @@ fn list(
     query: &BTreeMap<String, String>,
 ) -> bool {
     let selector = Selector::parse(query.get("labelSelector").map_or("", String::as_str));
-    let state = inner.lock();
-    let items: Vec<Value> = state
-        .objects
-        .iter()
-        .filter(|((k, _, _), object)| *k == kind && selector.matches(object))
-        .map(|(_, object)| object.clone())
-        .collect();
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|&l| l > 0);
+    let mut state = inner.lock();
+    // A continued list is served from the snapshot its first page was taken from.
+    let (version, mut items) = match query.get("continue").filter(|t| !t.is_empty()) {
+        Some(token) => match state.pages.remove(token) {
+            Some(rest) => rest,
+            None => {
+                drop(state);
+                let expired = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired", "message": "the continue token is no longer valid"});
+                return respond(stream, "410 Gone", &expired);
+            }
+        },
+        None => {
+            let items = state
+                .objects
+                .iter()
+                .filter(|((k, _, _), object)| *k == kind && selector.matches(object))
+                .map(|(_, object)| object.clone())
+                .collect();
+            (state.version, items)
+        }
+    };
+    let mut metadata = json!({ "resourceVersion": version.to_string() });
+    if let Some(limit) = limit.filter(|&l| items.len() > l) {
+        let rest = items.split_off(limit);
+        let token = format!("{version}-{}", state.requests.len());
+        state.pages.insert(token.clone(), (version, rest));
+        metadata["continue"] = json!(token);
+    }
+    drop(state);
     let (api_version, list_kind) = kind.list_kind();
     let body = json!({
         "apiVersion": api_version,
         "kind": list_kind,
-        "metadata": { "resourceVersion": state.version.to_string() },
+        "metadata": metadata,
         "items": items,
     });
-    drop(state);
     respond(stream, "200 OK", &body)
 }
 
@@ -426,9 +472,25 @@ fn watch(stream: &mut TcpStream, inner: &Inner, kind: Kind, query: &BTreeMap<Str
         return;
     }
     let mut state = inner.lock();
-    // "" or "0": from now on (as "any version" means to a real server here).
+    // "" or "0": the current state first, as ADDED events, then what follows.
     let mut since: u64 = match query.get("resourceVersion").map(String::as_str) {
-        None | Some("") | Some("0") => state.version,
+        None | Some("") | Some("0") => {
+            let current: Vec<Value> = state
+                .objects
+                .iter()
+                .filter(|((k, _, _), object)| *k == kind && selector.matches(object))
+                .map(|(_, object)| json!({ "type": "ADDED", "object": object }))
+                .collect();
+            let version = state.version;
+            drop(state);
+            for event in &current {
+                if !chunk(stream, event) {
+                    return;
+                }
+            }
+            state = inner.lock();
+            version
+        }
         Some(v) => v.parse().unwrap_or(0),
     };
     let expiries = state.expiries;
@@ -453,8 +515,8 @@ fn watch(stream: &mut TcpStream, inner: &Inner, kind: Kind, query: &BTreeMap<Str
         let start = state.history.partition_point(|c| c.version <= since);
         let events: Vec<Value> = state.history[start..]
             .iter()
-            .filter(|c| c.kind == kind && selector.matches(&c.object))
-            .map(|c| json!({ "type": c.event, "object": c.object }))
+            .filter(|c| c.kind == kind)
+            .filter_map(|c| c.event(&selector))
             .collect();
         since = state.version;
         if !events.is_empty() {
@@ -482,25 +544,33 @@ fn watch(stream: &mut TcpStream, inner: &Inner, kind: Kind, query: &BTreeMap<Str
     }
 }
 
-/// A label selector of `key`, `!key` and `key=value` terms, all of which must hold.
-struct Selector(Vec<(String, Option<String>, bool)>);
+/// One term of a label selector.
+enum Term {
+    Exists(String),
+    Absent(String),
+    Equals(String, String),
+    Differs(String, String),
+}
+
+/// A label selector of `key`, `!key`, `key=value` (or `==`) and `key!=value` terms, all of
+/// which must hold.
+struct Selector(Vec<Term>);
 
 impl Selector {
     fn parse(text: &str) -> Selector {
         Selector(
             text.split(',')
+                .map(str::trim)
                 .filter(|t| !t.is_empty())
                 .map(|term| {
-                    if let Some(key) = term.strip_prefix('!') {
-                        (key.to_string(), None, false)
+                    if let Some((key, value)) = term.split_once("!=") {
+                        Term::Differs(key.into(), value.into())
                     } else if let Some((key, value)) = term.split_once('=') {
-                        (
-                            key.trim_end_matches('=').to_string(),
-                            Some(value.to_string()),
-                            true,
-                        )
+                        Term::Equals(key.into(), value.trim_start_matches('=').into())
+                    } else if let Some(key) = term.strip_prefix('!') {
+                        Term::Absent(key.into())
                     } else {
-                        (term.to_string(), None, true)
+                        Term::Exists(term.into())
                     }
                 })
                 .collect(),
@@ -509,13 +579,12 @@ impl Selector {
 
     fn matches(&self, object: &Value) -> bool {
         let labels = &object["metadata"]["labels"];
-        self.0.iter().all(|(key, value, present)| {
-            let label = labels.get(key).and_then(Value::as_str);
-            match (value, present) {
-                (Some(v), _) => label == Some(v.as_str()),
-                (None, true) => label.is_some(),
-                (None, false) => label.is_none(),
-            }
+        let label = |key: &str| labels.get(key).and_then(Value::as_str);
+        self.0.iter().all(|term| match term {
+            Term::Exists(key) => label(key).is_some(),
+            Term::Absent(key) => label(key).is_none(),
+            Term::Equals(key, value) => label(key) == Some(value.as_str()),
+            Term::Differs(key, value) => label(key) != Some(value.as_str()),
         })
     }
 }

@@ -1,7 +1,9 @@
 //! A real cluster for the opt-in suite: the one `KUBECONFIG` (or `~/.kube/config`) names,
 //! written to with `kubectl`, in a namespace of the test's own (deleted at the end). The
 //! agent runs in the test's network namespace, so it reaches the API server through a relay
-//! listening there; cutting the relay is how the scenarios take the API server away.
+//! listening there; cutting the relay is how the scenarios take the API server away. The
+//! agent authenticates with a ServiceAccount token (no exec plugins needed in its netns)
+//! limited to the DaemonSet's permissions.
 
 use std::{
     io::Write as _,
@@ -24,6 +26,8 @@ use crate::NetNs;
 pub struct RealCluster {
     namespace: String,
     kubeconfig: PathBuf,
+    /// The ClusterRole (and its binding) made for the agent's ServiceAccount.
+    role: String,
     relay: Relay,
 }
 
@@ -54,10 +58,13 @@ fn kubectl(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
 }
 
 impl RealCluster {
-    /// Connects to the cluster of the current kubeconfig context; the agent's kubeconfig
-    /// (pointing at a relay in `netns`) goes to `dir`.
+    /// Connects to the cluster of the current kubeconfig context. The agent gets a
+    /// kubeconfig of its own (written to `dir`): the cluster's CA, the relay in `netns` as
+    /// its server, and the token of a ServiceAccount allowed exactly what the DaemonSet's
+    /// ClusterRole allows (list and watch Services and EndpointSlices), so the suite also
+    /// checks that those permissions are enough.
     pub fn connect(netns: &NetNs, dir: &Path) -> RealCluster {
-        let mut config: Value = serde_json::from_slice(&kubectl(
+        let config: Value = serde_json::from_slice(&kubectl(
             &[
                 "config",
                 "view",
@@ -70,36 +77,97 @@ impl RealCluster {
             None,
         ))
         .expect("kubeconfig as JSON");
-        let cluster = &mut config["clusters"][0]["cluster"];
+        let cluster = &config["clusters"][0]["cluster"];
         let server = cluster["server"]
             .as_str()
             .expect("the kubeconfig's cluster has a server")
             .to_string();
         let (scheme, rest) = server.split_once("://").expect("server URL");
-        let authority = rest.split('/').next().unwrap_or(rest);
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (host, port) = host_port(authority, if scheme == "https" { 443 } else { 80 });
         let upstream = (host.as_str(), port)
             .to_socket_addrs()
             .expect("resolving the API server")
             .next()
             .expect("an API server address");
+
+        let id = std::process::id();
+        let namespace = format!("weft-e2e-{id}");
+        let role = format!("weft-e2e-{id}");
+        kubectl(&["create", "namespace", &namespace], None);
+        // Created before anything can fail, so that Drop removes them whatever happens.
         let relay = Relay::start(netns, upstream);
-        cluster["server"] = json!(format!("{scheme}://{}", relay.addr));
+        let real = RealCluster {
+            namespace: namespace.clone(),
+            kubeconfig: dir.join("kubeconfig"),
+            role: role.clone(),
+            relay,
+        };
+        kubectl(
+            &[
+                "create",
+                "clusterrole",
+                &role,
+                "--verb=list,watch",
+                "--resource=services,endpointslices.discovery.k8s.io",
+            ],
+            None,
+        );
+        kubectl(
+            &["create", "serviceaccount", "weft-agent", "-n", &namespace],
+            None,
+        );
+        kubectl(
+            &[
+                "create",
+                "clusterrolebinding",
+                &role,
+                "--clusterrole",
+                &role,
+                "--serviceaccount",
+                &format!("{namespace}:weft-agent"),
+            ],
+            None,
+        );
+        let token = String::from_utf8(kubectl(
+            &[
+                "create",
+                "token",
+                "weft-agent",
+                "-n",
+                &namespace,
+                "--duration=1h",
+            ],
+            None,
+        ))
+        .expect("token");
+
+        let mut agent_cluster = json!({
+            "server": format!("{scheme}://{}/{path}", real.relay.addr).trim_end_matches('/'),
+        });
+        for field in ["certificate-authority-data", "insecure-skip-tls-verify"] {
+            if !cluster[field].is_null() {
+                agent_cluster[field] = cluster[field].clone();
+            }
+        }
         if scheme == "https" {
             // The certificate names the real server, not the relay.
-            cluster["tls-server-name"] = json!(host);
+            agent_cluster["tls-server-name"] = json!(host);
         }
+        let agent_config = json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{ "name": "e2e", "cluster": agent_cluster }],
+            "users": [{ "name": "weft-agent", "user": { "token": token.trim() } }],
+            "contexts": [{ "name": "e2e", "context": { "cluster": "e2e", "user": "weft-agent" } }],
+            "current-context": "e2e",
+        });
         std::fs::create_dir_all(dir).expect("creating kubeconfig dir");
-        let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(&kubeconfig, serde_json::to_vec_pretty(&config).unwrap())
-            .expect("writing kubeconfig");
-        let namespace = format!("weft-e2e-{}", std::process::id());
-        kubectl(&["create", "namespace", &namespace], None);
-        RealCluster {
-            namespace,
-            kubeconfig,
-            relay,
-        }
+        std::fs::write(
+            &real.kubeconfig,
+            serde_json::to_vec_pretty(&agent_config).unwrap(),
+        )
+        .expect("writing kubeconfig");
+        real
     }
 }
 
@@ -164,10 +232,17 @@ impl Cluster for RealCluster {
 
 impl Drop for RealCluster {
     fn drop(&mut self) {
-        let _ = Command::new("kubectl")
-            .args(["delete", "namespace", &self.namespace, "--wait=false"])
-            .stdout(Stdio::null())
-            .status();
+        for args in [
+            ["delete", "namespace", &self.namespace, "--wait=false"],
+            ["delete", "clusterrolebinding", &self.role, "--wait=false"],
+            ["delete", "clusterrole", &self.role, "--wait=false"],
+        ] {
+            let _ = Command::new("kubectl")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 

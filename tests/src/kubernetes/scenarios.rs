@@ -288,22 +288,22 @@ pub fn slices_drive_the_kernel(env: &mut Env, cluster: &dyn Cluster) {
             Condition::Ready
         };
         let want: &[&str] = if round % 2 == 0 { &["a"] } else { &["a", "b"] };
-        let started = Instant::now();
         cluster.apply(slice(
             "reviews-1",
             "reviews",
             &[("a", Condition::Ready), ("b", b)],
             None,
         ));
-        wait_kernel(env, reviews, want, Duration::from_secs(10));
-        took.push(started.elapsed());
+        // From the write's answer (the API server has it by then): a real cluster's
+        // kubectl takes longer to start than the agent takes to follow.
+        took.push(wait_kernel(env, reviews, want, Duration::from_secs(10)));
     }
     took.sort();
-    let median = took[took.len() / 2];
-    println!("EndpointSlice update → kernel: {took:?} (median {median:?})");
+    let slowest = took[took.len() - 1];
+    println!("EndpointSlice update → kernel: {took:?}");
     assert!(
-        median < Duration::from_millis(100),
-        "an EndpointSlice update took {median:?} (median of {took:?}) to reach the kernel"
+        slowest < Duration::from_millis(100),
+        "an EndpointSlice update took {slowest:?} to reach the kernel ({took:?})"
     );
 
     // A canary: a second slice at three times the weight.
@@ -369,6 +369,20 @@ pub fn slices_drive_the_kernel(env: &mut Env, cluster: &dyn Cluster) {
         None,
     ));
     wait_kernel(env, local, &["b"], Duration::from_secs(10));
+    // Claimed by another proxy (the label kube-proxy also honours): weft lets go of it.
+    let mut claimed = service("local");
+    claimed["spec"]["internalTrafficPolicy"] = json!("Local");
+    claimed["metadata"]["labels"] =
+        json!({ "service.kubernetes.io/service-proxy-name": "another" });
+    cluster.apply(claimed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kernel_backends(env, local).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "{local} still in the kernel after another proxy claimed it"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 
     // The Service goes: so does its table.
     cluster.delete(Kind::Service, "reviews");
@@ -534,12 +548,12 @@ pub fn file_and_kubernetes_conflict(env: &mut Env, cluster: &dyn Cluster) {
     let both = format!(
         "services:
   - name: {name}
-    address: 10.96.0.99
+    address: 198.18.0.99
     port: 80
     health: {{ kind: none }}
     endpoints: [ {{ address: 10.244.1.3, port: 8080 }} ]
   - name: web
-    address: 10.96.0.98
+    address: 198.18.0.98
     port: 80
     health: {{ kind: none }}
     endpoints: [ {{ address: 10.244.1.4, port: 8080 }} ]
@@ -560,8 +574,8 @@ pub fn file_and_kubernetes_conflict(env: &mut Env, cluster: &dyn Cluster) {
     let conflicts = env.agent().cli_json(&["status"])["conflicts"].to_string();
     assert!(conflicts.contains(&name), "status conflicts: {conflicts}");
 
-    let from_file: SocketAddr = "10.96.0.99:80".parse().unwrap();
-    let web: SocketAddr = "10.96.0.98:80".parse().unwrap();
+    let from_file: SocketAddr = "198.18.0.99:80".parse().unwrap();
+    let web: SocketAddr = "198.18.0.98:80".parse().unwrap();
     assert_eq!(tally(env, from_file, 20).keys().collect::<Vec<_>>(), ["b"]);
     assert_eq!(tally(env, web, 20).keys().collect::<Vec<_>>(), ["c"]);
     assert_eq!(
@@ -574,7 +588,7 @@ pub fn file_and_kubernetes_conflict(env: &mut Env, cluster: &dyn Cluster) {
     env.agent().write_config(
         "services:
   - name: web
-    address: 10.96.0.98
+    address: 198.18.0.98
     port: 80
     health: { kind: none }
     endpoints: [ { address: 10.244.1.4, port: 8080 } ]

@@ -26,7 +26,7 @@
 //! name, or its number) for the first cluster IP, with `@address` for every other frontend.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::{Arc, LazyLock},
 };
@@ -146,6 +146,11 @@ fn protocol(name: Option<&str>) -> Option<Protocol> {
 }
 
 impl ServiceFacts {
+    /// Every frontend address: cluster IPs, then external and load-balancer IPs.
+    pub fn addresses(&self) -> impl Iterator<Item = &IpAddr> {
+        self.cluster_ips.iter().chain(&self.external_ips)
+    }
+
     /// The facts of a Service that has frontends; `None` for those weft leaves alone
     /// (headless, ExternalName, no TCP or UDP port).
     pub fn of(service: &Service) -> Option<ServiceFacts> {
@@ -175,15 +180,22 @@ impl ServiceFacts {
             .and_then(|lb| lb.ingress.as_ref())
             .into_iter()
             .flatten()
+            // `ipMode: Proxy`: the load balancer must see the traffic (it may add the PROXY
+            // protocol header the backends expect), so connects to it are left alone.
+            .filter(|ingress| ingress.ip_mode.as_deref() != Some("Proxy"))
             .filter_map(|ingress| ingress.ip.as_deref()?.parse::<IpAddr>().ok());
+        let families: HashSet<bool> = cluster_ips.iter().map(IpAddr::is_ipv4).collect();
         let mut seen: HashSet<IpAddr> = cluster_ips.iter().copied().collect();
-        // One frontend per address, however many fields name it.
         let external_ips: Vec<IpAddr> = spec
             .external_ips
             .iter()
             .flatten()
             .filter_map(|ip| ip.parse::<IpAddr>().ok())
             .chain(ingress)
+            // An address of a family the Service has no cluster IP in would have no
+            // endpoints and refuse connects that should reach it: kube-proxy skips it too.
+            .filter(|ip| families.contains(&ip.is_ipv4()))
+            // One frontend per address, however many fields name it.
             .filter(|ip| seen.insert(*ip))
             .collect();
         let ports: Vec<PortFacts> = spec
@@ -204,11 +216,14 @@ impl ServiceFacts {
         let mut problems = Vec::new();
         let checks = match meta.annotations.as_ref() {
             Some(annotations) if CHECKS.iter().any(|(a, _)| annotations.contains_key(*a)) => {
-                let settings = settings(annotations, &key, &mut problems);
-                config::checks(settings, Protocol::Tcp).unwrap_or_else(|error| {
-                    problems.extend(annotation_problems(&key, &error));
-                    DEFAULT_CHECKS.clone()
-                })
+                if annotations.contains_key("weft.io/health")
+                    && ports.iter().any(|p| p.protocol == Protocol::Udp)
+                {
+                    problems.push(format!(
+                        "Service {key}: annotation weft.io/health: active probes apply to TCP ports; its UDP ports are not probed"
+                    ));
+                }
+                checks_of(annotations, &key, &mut problems)
             }
             _ => DEFAULT_CHECKS.clone(),
         };
@@ -284,6 +299,7 @@ impl SliceFacts {
             .collect();
         SliceFacts {
             service,
+            // "IPv6", or "FQDN" (whose addresses are names: none parses, no endpoint).
             ipv4: slice.address_type == "IPv4",
             ports,
             endpoints,
@@ -294,7 +310,7 @@ impl SliceFacts {
 }
 
 /// The weft services of a Service, given the facts of the EndpointSlices that belong to it
-/// (in a stable order: it is the order of the endpoints).
+/// (in a stable order: where two slices hold one address, the first one's copy counts).
 pub fn specs(service: &ServiceFacts, slices: &[&SliceFacts]) -> Vec<Arc<ServiceSpec>> {
     let frontends: Vec<(IpAddr, bool)> = service
         .cluster_ips
@@ -304,6 +320,11 @@ pub fn specs(service: &ServiceFacts, slices: &[&SliceFacts]) -> Vec<Arc<ServiceS
         .collect();
     let mut specs = Vec::with_capacity(service.ports.len() * frontends.len());
     for port in &service.ports {
+        // Probes and connect outcomes are TCP's: UDP ports rely on readiness alone.
+        let checks = match port.protocol {
+            Protocol::Tcp => &service.checks,
+            Protocol::Udp => &*DEFAULT_CHECKS,
+        };
         let label = port
             .name
             .as_deref()
@@ -322,16 +343,17 @@ pub fn specs(service: &ServiceFacts, slices: &[&SliceFacts]) -> Vec<Arc<ServiceS
                     protocol: port.protocol,
                 },
                 endpoints: endpoints(slices, port, address.is_ipv4(), node_local),
-                health: Arc::clone(&service.checks.health),
-                outlier: service.checks.outlier.clone(),
-                panic_threshold: service.checks.panic_threshold,
+                health: Arc::clone(&checks.health),
+                outlier: checks.outlier.clone(),
+                panic_threshold: checks.panic_threshold,
             }));
         }
     }
     specs
 }
 
-/// What one Service maps to, straight from the API objects.
+/// What one Service maps to, straight from the API objects (the tests' view).
+#[cfg(test)]
 #[derive(Debug, Default, PartialEq)]
 pub struct Mapped {
     pub specs: Vec<Arc<ServiceSpec>>,
@@ -340,6 +362,7 @@ pub struct Mapped {
 
 /// The weft services of `service`, given the EndpointSlices that belong to it and the node
 /// the agent runs on.
+#[cfg(test)]
 pub fn map(service: &Service, slices: &[&EndpointSlice], node: &str) -> Mapped {
     let Some(facts) = ServiceFacts::of(service) else {
         return Mapped::default();
@@ -353,34 +376,88 @@ pub fn map(service: &Service, slices: &[&EndpointSlice], node: &str) -> Mapped {
     }
 }
 
-/// Validation errors of the checks, each naming the annotation it came from.
-fn annotation_problems(object: &str, error: &config::ConfigError) -> Vec<String> {
-    let config::ConfigError::Invalid(errors) = error else {
-        return vec![format!(
-            "Service {object}: {error}; the checks' defaults are used"
-        )];
-    };
-    errors
-        .iter()
-        .map(|e| {
+/// The checks the annotations set. An annotation whose value does not validate is reported
+/// and ignored (its field takes its default); the others still apply.
+fn checks_of(
+    annotations: &BTreeMap<String, String>,
+    object: &str,
+    problems: &mut Vec<String>,
+) -> Checks {
+    let mut settings = settings(annotations, object, problems);
+    // Each round clears at least one field, so this ends.
+    for _ in 0..=CHECKS.len() {
+        let errors = match config::checks(settings.clone(), Protocol::Tcp) {
+            Ok(checks) => return checks,
+            Err(config::ConfigError::Invalid(errors)) => errors,
+            Err(other) => {
+                problems.push(format!(
+                    "Service {object}: {other}; the checks' defaults are used"
+                ));
+                break;
+            }
+        };
+        let mut cleared = false;
+        for e in &errors {
             let annotation = CHECKS
                 .iter()
                 .find(|(_, field)| *field == e.path)
                 .map_or(e.path.as_str(), |(annotation, _)| annotation);
-            format!(
-                "Service {object}: annotation {annotation}: {}; the checks' defaults are used",
+            problems.push(format!(
+                "Service {object}: annotation {annotation}: {}; ignored",
                 e.message
-            )
-        })
-        .collect()
+            ));
+            cleared |= clear(&mut settings, &e.path);
+        }
+        if !cleared {
+            break;
+        }
+    }
+    DEFAULT_CHECKS.clone()
 }
 
+/// Unsets the field a validation error names; false if it was not set.
+fn clear(settings: &mut ServiceSettings, path: &str) -> bool {
+    fn take<T>(field: &mut Option<T>) -> bool {
+        field.take().is_some()
+    }
+    match path {
+        "health.kind" => take(&mut settings.health),
+        "health.path" => take(&mut settings.health_path),
+        "health.interval" => take(&mut settings.health_interval),
+        "health.timeout" => take(&mut settings.health_timeout),
+        "health.healthy_threshold" => take(&mut settings.healthy_threshold),
+        "health.unhealthy_threshold" => take(&mut settings.unhealthy_threshold),
+        "outlier.consecutive_failures" => take(&mut settings.consecutive_failures),
+        "outlier.base_ejection" => take(&mut settings.base_ejection),
+        "outlier.max_ejection_percent" => take(&mut settings.max_ejection_percent),
+        "panic_threshold" => take(&mut settings.panic_threshold),
+        _ => false,
+    }
+}
 /// The Service's check annotations as settings; unparseable numbers are reported.
 fn settings(
     annotations: &BTreeMap<String, String>,
     object: &str,
     problems: &mut Vec<String>,
 ) -> ServiceSettings {
+    // Any outlier setting turns passive detection on, unless `weft.io/outlier: "false"`;
+    // `weft.io/outlier: "true"` turns it on with its defaults.
+    let any_outlier_setting = CHECKS
+        .iter()
+        .any(|(key, field)| field.starts_with("outlier.") && annotations.contains_key(*key));
+    let outlier = match annotations.get("weft.io/outlier") {
+        None => any_outlier_setting,
+        Some(value) => match value.trim().to_ascii_lowercase().as_str() {
+            "true" => true,
+            "false" => false,
+            _ => {
+                problems.push(format!(
+                    "Service {object}: annotation weft.io/outlier: {value:?} is not true or false; ignored"
+                ));
+                any_outlier_setting
+            }
+        },
+    };
     let text = |key: &str| annotations.get(key).cloned();
     let mut number = |key: &str| {
         let value = annotations.get(key)?;
@@ -393,15 +470,6 @@ fn settings(
                 None
             }
         }
-    };
-    // Any outlier setting turns passive detection on, unless `weft.io/outlier: "false"`;
-    // `weft.io/outlier: "true"` turns it on with its defaults.
-    let outlier = match annotations.get("weft.io/outlier").map(|v| v.trim()) {
-        Some("false") => false,
-        Some(_) => true,
-        None => CHECKS
-            .iter()
-            .any(|(key, field)| field.starts_with("outlier.") && annotations.contains_key(*key)),
     };
     ServiceSettings {
         health: text("weft.io/health"),
@@ -426,7 +494,7 @@ fn endpoints(
     node_local: bool,
 ) -> Vec<EndpointSpec> {
     let mut candidates: Vec<(EndpointSpec, SliceEndpoint)> = Vec::new();
-    let mut seen = HashSet::new();
+    let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
     for slice in slices.iter().filter(|s| s.ipv4 == ipv4) {
         // The slice's port of the same name (unnamed matches unnamed) and protocol.
         let Some(target) = slice
@@ -441,12 +509,21 @@ fn endpoints(
                 continue;
             }
             let address = SocketAddr::new(endpoint.address, target.number);
-            if seen.insert(address) {
-                let spec = EndpointSpec {
-                    address,
-                    weight: slice.weight,
-                };
-                candidates.push((spec, *endpoint));
+            let spec = EndpointSpec {
+                address,
+                weight: slice.weight,
+            };
+            // An endpoint in two slices (the controller moving it): a ready copy counts
+            // over one that is not.
+            match seen.get(&address) {
+                None => {
+                    seen.insert(address, candidates.len());
+                    candidates.push((spec, *endpoint));
+                }
+                Some(&i) if endpoint.ready && !candidates[i].1.ready => {
+                    candidates[i] = (spec, *endpoint);
+                }
+                Some(_) => {}
             }
         }
     }
@@ -679,6 +756,22 @@ mod tests {
             addresses(named(&mapped, "shop/reviews:http")),
             ["10.1.0.8:8080/1"]
         );
+        // Moving between slices, an endpoint is in two: its ready copy counts.
+        let old = v4_slice(
+            "reviews-a",
+            None,
+            json!([endpoint("10.1.0.5", false, false, false, "n1")]),
+        );
+        let new = v4_slice(
+            "reviews-b",
+            None,
+            json!([endpoint("10.1.0.5", true, true, false, "n1")]),
+        );
+        let mapped = map(&reviews(), &[&old, &new], "n1");
+        assert_eq!(
+            addresses(named(&mapped, "shop/reviews:http")),
+            ["10.1.0.5:8080/1"]
+        );
     }
 
     #[test]
@@ -789,6 +882,22 @@ mod tests {
         let mapped = map(&twice, &[], "n1");
         let names: Vec<&str> = mapped.specs.iter().map(|s| &*s.name).collect();
         assert_eq!(names, ["shop/front:80", "shop/front:80@198.51.100.1"]);
+
+        // Left alone: a load balancer in `ipMode: Proxy` (it must see the traffic) and an
+        // address of a family the Service has no cluster IP in.
+        let mut proxied = lb.clone();
+        proxied.status = Some(
+            serde_json::from_value(json!({ "loadBalancer": { "ingress": [
+                { "ip": "198.51.100.1", "ipMode": "Proxy" },
+                { "ip": "198.51.100.2", "ipMode": "VIP" },
+                { "ip": "2001:db8::1" }
+            ] } }))
+            .unwrap(),
+        );
+        proxied.spec.as_mut().unwrap().external_ips = None;
+        let mapped = map(&proxied, &[], "n1");
+        let names: Vec<&str> = mapped.specs.iter().map(|s| &*s.name).collect();
+        assert_eq!(names, ["shop/front:80", "shop/front:80@198.51.100.2"]);
     }
 
     #[test]
@@ -831,18 +940,46 @@ mod tests {
             http.outlier.as_ref().map(|o| o.consecutive_failures),
             Some(3)
         );
-        assert!(mapped.problems.is_empty(), "{:?}", mapped.problems);
+        // The UDP port is not probed, and the operator is told so.
+        assert_eq!(
+            named(&mapped, "shop/reviews:dns").health.probe,
+            crate::config::Probe::None
+        );
+        assert_eq!(mapped.problems.len(), 1, "{:?}", mapped.problems);
+        assert!(mapped.problems[0].contains("UDP"), "{:?}", mapped.problems);
 
         let mut bad = reviews();
         bad.metadata.annotations = Some(BTreeMap::from([
+            ("weft.io/health".to_string(), "http".to_string()),
             ("weft.io/health-interval".to_string(), "soon".to_string()),
             (
                 "weft.io/health-healthy-threshold".to_string(),
                 "many".to_string(),
             ),
+            ("weft.io/outlier".to_string(), "off".to_string()),
         ]));
         let mapped = map(&bad, &[], "n1");
         assert!(!mapped.specs.is_empty(), "bad annotations are never fatal");
+        // Only the bad ones are ignored: the probe kind still applies, the interval and
+        // threshold take their defaults.
+        let http = named(&mapped, "shop/reviews:http");
+        assert_eq!(
+            http.health.probe,
+            crate::config::Probe::Http { path: "/".into() }
+        );
+        assert_eq!(http.health.interval, std::time::Duration::from_secs(1));
+        assert!(
+            http.outlier.is_none(),
+            "an unreadable weft.io/outlier turns nothing on"
+        );
+        assert!(
+            mapped
+                .problems
+                .iter()
+                .any(|p| p.contains("weft.io/outlier") && p.contains("off")),
+            "{:?}",
+            mapped.problems
+        );
         let problems = mapped.problems.join("\n");
         assert!(
             problems.contains("shop/reviews") && problems.contains("many"),

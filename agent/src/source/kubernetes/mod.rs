@@ -6,6 +6,8 @@ pub mod mapping;
 pub mod state;
 pub mod watch;
 
+use std::net::IpAddr;
+
 use kube::{Client, Config, config::KubeConfigOptions};
 
 use crate::chain::Chain;
@@ -24,10 +26,16 @@ pub enum ClientError {
     Client(String),
 }
 
+/// A client for the API server, and the API server's address where it is an IP address.
+pub struct Connected {
+    pub client: Client,
+    pub api_host: Option<IpAddr>,
+}
+
 /// A client for the API server: the in-cluster config (service account token and CA, and
 /// `KUBERNETES_SERVICE_HOST`) when the agent runs in a pod, else `KUBECONFIG` (or
 /// `~/.kube/config`). Call from within a runtime.
-pub async fn client() -> Result<Client, ClientError> {
+pub async fn client() -> Result<Connected, ClientError> {
     let config = if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
         Config::incluster().map_err(|e| ClientError::InCluster(Chain(&e).to_string()))?
     } else {
@@ -35,7 +43,13 @@ pub async fn client() -> Result<Client, ClientError> {
             .await
             .map_err(|e| ClientError::Kubeconfig(Chain(&e).to_string()))?
     };
-    Client::try_from(config).map_err(|e| ClientError::Client(Chain(&e).to_string()))
+    let api_host = config
+        .cluster_url
+        .host()
+        .and_then(|h| h.trim_matches(['[', ']']).parse().ok());
+    let client =
+        Client::try_from(config).map_err(|e| ClientError::Client(Chain(&e).to_string()))?;
+    Ok(Connected { client, api_host })
 }
 
 #[cfg(test)]

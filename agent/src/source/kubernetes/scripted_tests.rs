@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tower_test::mock;
 
-use super::{state::Resource, watch};
+use super::{Connected, state::Resource, watch};
 use crate::source::{Delta, SourceEvent, SourceKind};
 
 /// How long a step may take before the test says what it was waiting for.
@@ -77,7 +77,14 @@ fn parse(request: &Request<Body>, reply: Reply) -> Call {
         .unwrap_or_default()
         .split('&')
         .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.replace("%21", "!").replace("%2F", "/")))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                v.replace("%21", "!")
+                    .replace("%2F", "/")
+                    .replace("%2C", ","),
+            )
+        })
         .collect();
     Call {
         resource,
@@ -164,7 +171,11 @@ async fn next_endpoints(rx: &mut mpsc::Receiver<SourceEvent>) -> Vec<String> {
 fn start() -> (Api, mpsc::Receiver<SourceEvent>) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let (tx, rx) = mpsc::channel(16);
-    watch::spawn(Client::new(service, "default"), "n1".into(), tx, |_| {});
+    let api = Connected {
+        client: Client::new(service, "default"),
+        api_host: None,
+    };
+    watch::spawn(api, "n1".into(), tx, |_| {});
     (
         Api {
             handle: Box::pin(handle),
@@ -186,7 +197,10 @@ async fn synced(api: &mut Api, rx: &mut mpsc::Receiver<SourceEvent>) {
     let call = api.next(Resource::EndpointSlices, false).await;
     assert_eq!(
         call.query.get("labelSelector").map(String::as_str),
-        Some("kubernetes.io/service-name")
+        Some(
+            "kubernetes.io/service-name,!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name"
+        ),
+        "slices of headless Services and of another proxy's are not listed"
     );
     list(
         call.reply,
@@ -299,4 +313,62 @@ async fn an_api_server_that_fails_at_first_is_retried_until_it_lists() {
             .is_err()
     );
     synced(&mut api, &mut rx).await;
+}
+
+#[tokio::test]
+async fn a_watch_broken_mid_stream_resumes_from_its_last_event() {
+    let (mut api, mut rx) = start();
+    synced(&mut api, &mut rx).await;
+    let _services = api.next(Resource::Services, true).await;
+    let watch = api.next(Resource::EndpointSlices, true).await;
+    // One event, then the connection dies halfway through the next.
+    let mut body = Vec::new();
+    let event = json!({ "type": "MODIFIED", "object": slice("205", &[("10.1.0.5", true)]) });
+    serde_json::to_writer(&mut body, &event).unwrap();
+    body.extend_from_slice(b"\n{\"type\":\"MODIFIED\",\"object\":{\"metadata\":");
+    respond(watch.reply, body);
+    assert_eq!(next_endpoints(&mut rx).await, ["10.1.0.5:8080"]);
+    let again = api.next(Resource::EndpointSlices, true).await;
+    assert_eq!(again.query["resourceVersion"], "205");
+}
+
+#[tokio::test]
+async fn a_list_in_pages_is_one_list_and_a_failed_page_starts_it_over_without_a_flush() {
+    let (mut api, mut rx) = start();
+    let services = api.next(Resource::Services, false).await;
+    list(services.reply, "100", vec![service("90")]);
+    // Page one, then page two fails: the list starts over.
+    let first = api.next(Resource::EndpointSlices, false).await;
+    let limit: usize = first.query["limit"].parse().expect("a paged list");
+    assert!(limit > 0);
+    let page = json!({ "metadata": { "resourceVersion": "200", "continue": "page-2" }, "items": [slice("190", &[("10.1.0.5", true)])] });
+    respond(first.reply, serde_json::to_vec(&page).unwrap());
+    let second = api.next(Resource::EndpointSlices, false).await;
+    assert_eq!(second.query["continue"], "page-2");
+    second
+        .reply
+        .send_error(std::io::Error::other("the API server went away"));
+    // Nothing is sent from half a list.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err()
+    );
+    let again = api.next(Resource::EndpointSlices, false).await;
+    assert!(
+        !again.query.contains_key("continue"),
+        "a new list, from the start"
+    );
+    let page = json!({ "metadata": { "resourceVersion": "210", "continue": "page-2" }, "items": [slice("190", &[("10.1.0.5", true)])] });
+    respond(again.reply, serde_json::to_vec(&page).unwrap());
+    let rest = api.next(Resource::EndpointSlices, false).await;
+    assert_eq!(rest.query["continue"], "page-2");
+    let mut other = slice("195", &[("10.1.0.6", true)]);
+    other["metadata"]["name"] = json!("reviews-x2");
+    list(rest.reply, "210", vec![other]);
+    // Both pages make the first sync.
+    assert_eq!(
+        next_endpoints(&mut rx).await,
+        ["10.1.0.5:8080", "10.1.0.6:8080"]
+    );
 }

@@ -3,7 +3,7 @@
 //!
 //! An event about one object marks one Service dirty; only dirty Services are mapped again
 //! and diffed against what was sent, so an EndpointSlice change costs one Service's work. A
-//! relist (the watch restarted, or `410 Gone`) is buffered until it is complete and then
+//! relist (after `410 Gone`, or a list that failed) is buffered until it is complete and then
 //! compared with what was known: objects that did not change send nothing, so the kernel's
 //! tables are never flushed in between. Nothing is sent before both resources have been
 //! listed once: a Service seen before its EndpointSlices would otherwise be installed empty.
@@ -11,6 +11,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     mem,
+    net::IpAddr,
     sync::Arc,
 };
 
@@ -62,9 +63,11 @@ impl<F> Relist<F> {
         }
     }
 
-    fn finish(&mut self) -> HashMap<Arc<str>, F> {
+    /// The objects listed, or `None` if no relist was started (nothing to replace).
+    fn finish(&mut self) -> Option<HashMap<Arc<str>, F>> {
+        let objects = self.objects.take()?;
         self.done_once = true;
-        self.objects.take().unwrap_or_default()
+        Some(objects)
     }
 }
 
@@ -107,8 +110,16 @@ impl ClusterState {
     }
 
     /// Services the state knows that have frontends.
-    pub fn services(&self) -> usize {
+    pub fn service_count(&self) -> usize {
         self.services.len()
+    }
+
+    /// The key of a Service with `ip` among its frontend addresses.
+    pub fn service_at(&self, ip: IpAddr) -> Option<&str> {
+        self.services
+            .values()
+            .find(|s| s.addresses().any(|a| *a == ip))
+            .map(|s| &*s.key)
     }
 
     pub fn service_applied(&mut self, service: &Service) {
@@ -153,7 +164,9 @@ impl ClusterState {
     pub fn relist_done(&mut self, resource: Resource) {
         match resource {
             Resource::Services => {
-                let mut listed = self.service_relist.finish();
+                let Some(mut listed) = self.service_relist.finish() else {
+                    return;
+                };
                 let known: Vec<Arc<str>> = self.services.keys().cloned().collect();
                 for key in known {
                     let facts = listed.remove(&key);
@@ -164,7 +177,9 @@ impl ClusterState {
                 }
             }
             Resource::EndpointSlices => {
-                let mut listed = self.slice_relist.finish();
+                let Some(mut listed) = self.slice_relist.finish() else {
+                    return;
+                };
                 let known: Vec<Arc<str>> = self.slices.keys().cloned().collect();
                 for key in known {
                     let facts = listed.remove(&key);

@@ -7,18 +7,19 @@
 //! in the kernel and in the agent.
 
 use std::{
+    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use kube::{Api, Client, runtime::watcher};
+use kube::{Api, runtime::watcher};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{
-    mapping::SERVICE_NAME,
+    Connected,
     state::{ClusterState, Resource},
 };
 use crate::{
@@ -28,6 +29,12 @@ use crate::{
 
 /// Services another proxy claims (kube-proxy leaves them alone too).
 const NOT_OURS: &str = "!service.kubernetes.io/service-proxy-name";
+/// EndpointSlices of a Service, not of a headless one or one another proxy claims (the
+/// controller copies those labels onto the slices): as kube-proxy selects them.
+const OUR_SLICES: &str = "kubernetes.io/service-name,!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name";
+/// Seconds a watch lasts before it is resumed: a connection that died silently (no FIN,
+/// no RST) is noticed within this, not after the API server's default of about 5 minutes.
+const WATCH_TIMEOUT: u32 = 60;
 /// The same failure is logged again after this long, not at every retry.
 const REPEAT_ERROR: Duration = Duration::from_secs(60);
 /// Retries after a failed list or watch wait from the first to the longest delay, doubling
@@ -49,22 +56,27 @@ enum Item {
 /// Starts watching on the current runtime. `node` is this agent's node name, `on_error`
 /// is called for each failed list or watch request (for the metrics).
 pub fn spawn(
-    client: Client,
+    api: Connected,
     node: Arc<str>,
     tx: mpsc::Sender<SourceEvent>,
     on_error: impl Fn(Resource) + Send + 'static,
 ) {
+    let Connected { client, api_host } = api;
     let (items_tx, items) = mpsc::channel(QUEUE);
     // `any_semantic`: lists may be served from the API server's watch cache, as informers'
     // are; at thousands of nodes a quorum read per relist is the API server's problem.
     let services = watcher(
         Api::<Service>::all(client.clone()),
-        watcher::Config::default().labels(NOT_OURS).any_semantic(),
+        watcher::Config::default()
+            .labels(NOT_OURS)
+            .timeout(WATCH_TIMEOUT)
+            .any_semantic(),
     );
     let slices = watcher(
         Api::<EndpointSlice>::all(client),
         watcher::Config::default()
-            .labels(SERVICE_NAME)
+            .labels(OUR_SLICES)
+            .timeout(WATCH_TIMEOUT)
             .any_semantic(),
     );
     tokio::spawn(follow(
@@ -73,7 +85,7 @@ pub fn spawn(
         items_tx.clone(),
     ));
     tokio::spawn(follow(slices, |i| Item::Slice(Box::new(i)), items_tx));
-    tokio::spawn(run(items, node, tx, on_error));
+    tokio::spawn(run(items, node, api_host, tx, on_error));
 }
 
 /// Passes one resource's watch events on, pausing after a failure (the watcher retries as
@@ -88,7 +100,7 @@ async fn follow<K>(
     while let Some(item) = events.next().await {
         let pause = match &item {
             // The API server answers: the next failure starts the delays over.
-            Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+            Ok(event) if answers(event) => {
                 retries.reset();
                 None
             }
@@ -103,6 +115,15 @@ async fn follow<K>(
             tokio::time::sleep(pause).await;
         }
     }
+}
+
+/// An event the API server had to answer for: a list complete, or a change. (`Init` comes
+/// before the list request is even sent.)
+fn answers<K>(event: &watcher::Event<K>) -> bool {
+    matches!(
+        event,
+        watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)
+    )
 }
 
 /// The API server no longer has the history a watch resumes from: routine, the watcher
@@ -149,6 +170,7 @@ impl Retries {
 async fn run(
     mut items: mpsc::Receiver<Item>,
     node: Arc<str>,
+    api_host: Option<IpAddr>,
     tx: mpsc::Sender<SourceEvent>,
     on_error: impl Fn(Resource) + Send + 'static,
 ) {
@@ -159,7 +181,9 @@ async fn run(
         let failed = match item {
             Item::Service(item) => match *item {
                 Ok(event) => {
-                    errors.recovered(Resource::Services);
+                    if answers(&event) {
+                        errors.recovered(Resource::Services);
+                    }
                     on_service(&mut state, event);
                     None
                 }
@@ -167,7 +191,9 @@ async fn run(
             },
             Item::Slice(item) => match *item {
                 Ok(event) => {
-                    errors.recovered(Resource::EndpointSlices);
+                    if answers(&event) {
+                        errors.recovered(Resource::EndpointSlices);
+                    }
                     on_slice(&mut state, event);
                     None
                 }
@@ -190,9 +216,15 @@ async fn run(
         if !synced && state.synced() {
             synced = true;
             info!(
-                services = state.services(),
+                services = state.service_count(),
                 "Kubernetes Services and EndpointSlices listed"
             );
+            if let Some(service) = api_host.and_then(|ip| state.service_at(ip)) {
+                warn!(
+                    "the agent reaches the API server at {}, an address of Service {service}, which it translates itself: if the API server's addresses change while no agent runs on this node, the node cannot reach it; set KUBERNETES_SERVICE_HOST (or the kubeconfig's server) to the API server's own address",
+                    api_host.map(|ip| ip.to_string()).unwrap_or_default()
+                );
+            }
             if tx
                 .send(SourceEvent::Synced(SourceKind::Kubernetes))
                 .await
