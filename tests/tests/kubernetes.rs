@@ -1,15 +1,16 @@
 //! The Kubernetes source end to end: the real agent with `--kubernetes` against an API
-//! server speaking the list/watch protocol over HTTP in the test's network namespace, real
+//! server speaking the list/watch protocol over HTTP(S) in the test's network namespace, real
 //! backends, real connects to the cluster IPs. The same scenarios run against a real
 //! cluster in `kubernetes_cluster.rs` (opt-in).
 
 use weft_tests::kubernetes::{FakeCluster, scenarios};
 
+fn dir(env: &weft_tests::Env) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{}-kube", env.netns.name))
+}
+
 fn fake(env: &weft_tests::Env) -> FakeCluster {
-    FakeCluster::start(
-        &env.netns,
-        &std::env::temp_dir().join(format!("{}-kube", env.netns.name)),
-    )
+    FakeCluster::start(&env.netns, &dir(env))
 }
 
 #[test]
@@ -17,7 +18,8 @@ fn endpoint_slices_drive_the_kernel() {
     let Some(mut env) = weft_tests::setup("k8s-slices") else {
         return;
     };
-    let cluster = fake(&env);
+    // Over TLS, as in a cluster: the agent's rustls client with the kubeconfig's CA.
+    let cluster = FakeCluster::start_tls(&env.netns, &dir(&env));
     scenarios::slices_drive_the_kernel(&mut env, &cluster);
 }
 

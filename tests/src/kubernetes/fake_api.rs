@@ -17,11 +17,12 @@
 //! - `stop` kills the server (listener and every connection); `start_again` brings it back
 //!   on the same address with the same objects, as an API server restarting.
 //!
-//! It validates nothing and needs no credentials.
+//! It validates nothing and needs no credentials. It serves plain HTTP, or TLS with a
+//! certificate from a CA of its own that the kubeconfig it writes trusts.
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     path::Path,
     sync::{
@@ -116,6 +117,8 @@ struct State {
 }
 
 struct Inner {
+    /// Serving TLS with this config, or plain HTTP.
+    tls: Option<Tls>,
     state: Mutex<State>,
     changed: Condvar,
     stopped: AtomicBool,
@@ -134,12 +137,23 @@ pub struct FakeApiServer {
 }
 
 impl FakeApiServer {
-    /// Starts serving on a free port of 127.0.0.1 inside `netns`.
+    /// Starts serving plain HTTP on a free port of 127.0.0.1 inside `netns`.
     pub fn start(netns: &NetNs) -> FakeApiServer {
+        FakeApiServer::serving(netns, None)
+    }
+
+    /// Starts serving HTTPS, with a certificate for 127.0.0.1 from a CA of its own (the
+    /// kubeconfig it writes trusts that CA), as a real API server does.
+    pub fn start_tls(netns: &NetNs) -> FakeApiServer {
+        FakeApiServer::serving(netns, Some(Tls::new()))
+    }
+
+    fn serving(netns: &NetNs, tls: Option<Tls>) -> FakeApiServer {
         let listener =
             netns.run(|| TcpListener::bind("127.0.0.1:0").expect("binding the fake API server"));
         let addr = listener.local_addr().expect("local address");
         let inner = Arc::new(Inner {
+            tls,
             state: Mutex::new(State {
                 // Versions start high enough that "0" (any version) is never a real one.
                 version: 1000,
@@ -168,12 +182,20 @@ impl FakeApiServer {
 
     /// A kubeconfig that points a client at this server, written to `path`.
     pub fn write_kubeconfig(&self, path: &Path) {
+        let cluster = match &self.inner.tls {
+            None => format!("{{ server: \"http://{}\" }}", self.addr),
+            Some(tls) => format!(
+                "{{ server: \"https://{}\", certificate-authority-data: \"{}\" }}",
+                self.addr,
+                base64(tls.ca_pem.as_bytes())
+            ),
+        };
         let text = format!(
             "apiVersion: v1
 kind: Config
 clusters:
   - name: fake
-    cluster: {{ server: \"http://{}\" }}
+    cluster: {cluster}
 users:
   - name: test
     user: {{}}
@@ -181,8 +203,7 @@ contexts:
   - name: fake
     context: {{ cluster: fake, user: test, namespace: default }}
 current-context: fake
-",
-            self.addr
+"
         );
         std::fs::write(path, text).expect("writing kubeconfig");
     }
@@ -331,8 +352,22 @@ fn accept(listener: TcpListener, inner: Arc<Inner>) {
 /// Requests on one connection, one after another (HTTP/1.1 keep-alive), until a watch ends
 /// it or the client closes it.
 fn serve_connection(stream: TcpStream, inner: &Inner) {
-    let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
-    let mut stream = stream;
+    match &inner.tls {
+        None => serve_requests(BufReader::new(stream), inner),
+        Some(tls) => {
+            let Ok(session) = rustls::ServerConnection::new(Arc::clone(&tls.config)) else {
+                return;
+            };
+            serve_requests(
+                BufReader::new(rustls::StreamOwned::new(session, stream)),
+                inner,
+            );
+        }
+    }
+}
+
+/// Requests on one connection, plain or TLS.
+fn serve_requests<S: Read + Write>(mut reader: BufReader<S>, inner: &Inner) {
     loop {
         let mut request_line = String::new();
         if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
@@ -365,12 +400,12 @@ fn serve_connection(stream: TcpStream, inner: &Inner) {
             .find(|k| k.path() == path);
         let keep_open = match (method, kind) {
             ("GET", Some(kind)) if query.get("watch").map(String::as_str) == Some("true") => {
-                watch(&mut stream, inner, kind, &query);
+                watch(reader.get_mut(), inner, kind, &query);
                 false
             }
-            ("GET", Some(kind)) => list(&mut stream, inner, kind, &query),
+            ("GET", Some(kind)) => list(reader.get_mut(), inner, kind, &query),
             _ => respond(
-                &mut stream,
+                reader.get_mut(),
                 "404 Not Found",
                 &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": format!("{method} {path}: not served by the fake")}),
             ),
@@ -381,17 +416,19 @@ fn serve_connection(stream: TcpStream, inner: &Inner) {
     }
 }
 
-fn respond(stream: &mut TcpStream, status: &str, body: &Value) -> bool {
+fn respond(stream: &mut impl Write, status: &str, body: &Value) -> bool {
     let body = serde_json::to_vec(body).expect("json");
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).is_ok() && stream.write_all(&body).is_ok()
+    stream.write_all(head.as_bytes()).is_ok()
+        && stream.write_all(&body).is_ok()
+        && stream.flush().is_ok()
 }
 
 fn list(
-    stream: &mut TcpStream,
+    stream: &mut impl Write,
     inner: &Inner,
     kind: Kind,
     query: &BTreeMap<String, String>,
@@ -440,7 +477,7 @@ fn list(
     respond(stream, "200 OK", &body)
 }
 
-fn chunk(stream: &mut TcpStream, event: &Value) -> bool {
+fn chunk(stream: &mut impl Write, event: &Value) -> bool {
     let mut line = serde_json::to_vec(event).expect("json");
     line.push(b'\n');
     let head = format!("{:x}\r\n", line.len());
@@ -460,7 +497,7 @@ fn gone(since: u64, oldest: u64) -> Value {
     })
 }
 
-fn watch(stream: &mut TcpStream, inner: &Inner, kind: Kind, query: &BTreeMap<String, String>) {
+fn watch(stream: &mut impl Write, inner: &Inner, kind: Kind, query: &BTreeMap<String, String>) {
     let selector = Selector::parse(query.get("labelSelector").map_or("", String::as_str));
     let timeout = query
         .get("timeoutSeconds")
@@ -589,6 +626,61 @@ impl Selector {
     }
 }
 
+/// A CA of the fake's own and a server certificate for 127.0.0.1 it signed.
+struct Tls {
+    config: Arc<rustls::ServerConfig>,
+    ca_pem: String,
+}
+
+impl Tls {
+    fn new() -> Tls {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "weft test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("server");
+        let cert = params.signed_by(&key, &issuer).expect("server certificate");
+        let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key_der)
+        .expect("server TLS config");
+        Tls {
+            config: Arc::new(config),
+            ca_pem: ca.pem(),
+        }
+    }
+}
+
+/// Standard base64, for the kubeconfig's certificate data.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for group in bytes.chunks(3) {
+        let n = group
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= group.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -612,4 +704,40 @@ fn percent_decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_pads_as_the_standard_says() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn selectors_match_as_the_api_servers_do() {
+        let object = json!({ "metadata": { "labels": { "a": "1", "b": "2" } } });
+        for (selector, matches) in [
+            ("a", true),
+            ("!a", false),
+            ("!c", true),
+            ("a=1", true),
+            ("a==1", true),
+            ("a!=1", false),
+            ("c!=1", true),
+            ("a,!c,b=2", true),
+            ("a,b=3", false),
+        ] {
+            assert_eq!(
+                Selector::parse(selector).matches(&object),
+                matches,
+                "{selector}"
+            );
+        }
+    }
 }

@@ -42,9 +42,17 @@ pub struct FakeCluster {
 }
 
 impl FakeCluster {
-    /// Starts the fake API server in `netns`; its kubeconfig goes to `dir`.
+    /// Starts the fake API server (plain HTTP) in `netns`; its kubeconfig goes to `dir`.
     pub fn start(netns: &NetNs, dir: &Path) -> FakeCluster {
-        let server = FakeApiServer::start(netns);
+        FakeCluster::with(FakeApiServer::start(netns), dir)
+    }
+
+    /// The same over TLS, as a real API server serves.
+    pub fn start_tls(netns: &NetNs, dir: &Path) -> FakeCluster {
+        FakeCluster::with(FakeApiServer::start_tls(netns), dir)
+    }
+
+    fn with(server: FakeApiServer, dir: &Path) -> FakeCluster {
         std::fs::create_dir_all(dir).expect("creating kubeconfig dir");
         let kubeconfig = dir.join("kubeconfig");
         server.write_kubeconfig(&kubeconfig);
