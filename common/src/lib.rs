@@ -11,6 +11,8 @@ pub const FAMILY_V6: u8 = 6;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// Map names (at most 15 bytes: the kernel's object-name limit) and their capacities.
 pub mod maps {
@@ -43,6 +45,143 @@ pub mod maps {
     pub const EVENTS_BYTES: u32 = 1 << 20;
     /// Live translated TCP connections the kernel follows (LRU: the oldest go first).
     pub const CONNS_CAPACITY: u32 = 131_072;
+
+    /// The TC path's maps (created when TC programs are attached, pinned like the rest).
+    pub const FLOWS: &str = "WEFT_FLOWS_V1";
+    pub const FRAGS: &str = "WEFT_FRAGS_V1";
+    pub const VIPS: &str = "WEFT_VIPS_V1";
+    pub const TC_COUNTERS: &str = "WEFT_TCSTAT_V1";
+
+    /// Flow entries of the TC path's conntrack by default: two per flow (one per
+    /// direction). The object declares these LRU maps with one entry; the agent sizes them
+    /// when it attaches TC programs (an LRU map is allocated in full at creation).
+    pub const FLOWS_CAPACITY: u32 = 262_144;
+    /// IPv4 datagrams in fragments whose first fragment's ports are remembered.
+    pub const FRAGS_CAPACITY: u32 = 8_192;
+    /// Distinct service addresses.
+    pub const VIPS_CAPACITY: u32 = 65_536;
+}
+
+/// Key of `WEFT_FLOWS_V1`, the TC path's conntrack: one direction of one flow, as the
+/// packets of that direction carry it. A flow has two entries: `FORWARD` for the client's
+/// packets to the service address, `REVERSE` for the endpoint's replies, each written only
+/// by the CPU that handles its direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: Addr,
+    pub dst: Addr,
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub protocol: u8,
+    pub family: u8,
+    /// `flow_dir::FORWARD` or `flow_dir::REVERSE`.
+    pub dir: u8,
+    pub _pad: u8,
+}
+
+/// Directions of a flow entry.
+pub mod flow_dir {
+    /// Client to service address: the value holds the endpoint it was sent to.
+    pub const FORWARD: u8 = 0;
+    /// Endpoint to client: the value holds the service address to show the client.
+    pub const REVERSE: u8 = 1;
+}
+
+/// Value of `WEFT_FLOWS_V1`: where this direction's packets are translated to, and what
+/// they have carried.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    /// Forward: the endpoint (new destination). Reverse: the service address (new source).
+    pub nat_addr: Addr,
+    /// Network byte order.
+    pub nat_port: u16,
+    /// `flow_flags` bits seen in this direction.
+    pub flags: u8,
+    pub _pad: u8,
+    pub service_id: u32,
+    pub backend_id: u32,
+    pub _pad2: u32,
+    /// CLOCK_MONOTONIC (coarse) nanoseconds when the flow was created.
+    pub created_ns: u64,
+    /// The same clock at the last packet of this direction, refreshed at most once a second.
+    pub last_ns: u64,
+    pub packets: u64,
+    /// Bytes as the interface saw them (headers included).
+    pub bytes: u64,
+}
+
+/// Bits of `FlowValue::flags`, per direction.
+pub mod flow_flags {
+    /// A TCP SYN without ACK.
+    pub const SYN: u8 = 1;
+    /// A packet that is not a bare SYN (the handshake went on).
+    pub const SEEN_NON_SYN: u8 = 2;
+    /// A TCP FIN.
+    pub const FIN: u8 = 4;
+    /// A TCP RST.
+    pub const RST: u8 = 8;
+}
+
+/// Key of `WEFT_FRAGS_V1`: one IPv4 datagram in fragments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragKey {
+    pub src: u32,
+    pub dst: u32,
+    /// The IP identification field, network byte order.
+    pub id: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+/// Value of `WEFT_FRAGS_V1`: the ports of the datagram's first fragment, network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Key of `WEFT_VIPS_V1`: a service address (any port or protocol), so the TC path can
+/// tell a fragment or ICMP error meant for a service from unrelated traffic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VipKey {
+    pub addr: Addr,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Indexes of `WEFT_TCSTAT_V1`, a per-CPU array of `u64` counts of what the TC programs
+/// did with packets that were not simply translated.
+pub mod tc_counter {
+    /// A new flow to a service with no usable endpoint: dropped.
+    pub const NO_ENDPOINT: u32 = 0;
+    /// A packet to a service address too short for its headers: dropped.
+    pub const TRUNCATED: u32 = 1;
+    /// An IPv4 header length below 20 bytes, or beyond the packet: dropped.
+    pub const BAD_HEADER: u32 = 2;
+    /// A fragment to a service address whose first fragment was not seen: dropped.
+    pub const FRAGMENT_UNKNOWN: u32 = 3;
+    /// An IPv6 packet to a service address with extension headers (fragments included):
+    /// dropped, the ports cannot be found cheaply.
+    pub const IPV6_EXTENSION: u32 = 4;
+    /// A packet to a service address of a protocol other than TCP, UDP or ICMP errors: passed.
+    pub const OTHER_PROTOCOL: u32 = 5;
+    /// An ICMP error about a translated flow, translated.
+    pub const ICMP_TRANSLATED: u32 = 6;
+    /// An ICMP error to a service address that matches no flow: passed.
+    pub const ICMP_UNMATCHED: u32 = 7;
+    /// A new flow whose entries could not be written (map full beyond LRU): dropped.
+    pub const FLOW_NOT_WRITTEN: u32 = 8;
+    /// A flow whose endpoint left every service, chosen anew.
+    pub const ENDPOINT_GONE: u32 = 9;
+    /// Slots of the array (room to grow without a new layout).
+    pub const SLOTS: u32 = 16;
 }
 
 /// Indexes of `WEFT_COUNTERS_V1`, a per-CPU array of `u64` event counts the kernel keeps
@@ -269,4 +408,15 @@ mod pod {
     unsafe impl aya::Pod for RevNatValue {}
     unsafe impl aya::Pod for ConnRecord {}
     unsafe impl aya::Pod for SockNat {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragPorts {}
+    unsafe impl aya::Pod for VipKey {}
 }
+
+// The layouts the kernel and the agent share, checked where both are compiled.
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 64);
+const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);

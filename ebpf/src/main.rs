@@ -1,6 +1,10 @@
 //! weft's kernel programs. One module per hook family; backend selection lives in `select`.
 #![no_std]
 #![no_main]
+// Atomic adds to map values (BPF_ATOMIC_ADD); core's atomic types need compare-and-swap,
+// which BPF lacks. The kernel object is built with RUSTC_BOOTSTRAP (build-std needs it).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod addr;
 mod maps;
@@ -9,10 +13,11 @@ mod select;
 mod sock_addr;
 mod sock_nat;
 mod sock_ops;
+mod tc;
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr, sock_ops},
-    programs::{SockAddrContext, SockContext, SockOpsContext},
+    macros::{cgroup_sock, cgroup_sock_addr, classifier, sock_ops},
+    programs::{SockAddrContext, SockContext, SockOpsContext, TcContext},
 };
 
 // Function names differ from their section names on purpose: bpf-linker mis-links a
@@ -68,6 +73,18 @@ pub fn weft_sock_release(ctx: SockContext) -> i32 {
 #[sock_ops]
 pub fn weft_sock_ops(ctx: SockOpsContext) -> u32 {
     sock_ops::handle(&ctx)
+}
+
+/// TC ingress on an interface clients send through: service traffic to its endpoints.
+#[classifier]
+pub fn weft_tc_ingress(ctx: TcContext) -> i32 {
+    tc::ingress(&ctx)
+}
+
+/// TC egress on the same interface: replies shown from the service address.
+#[classifier]
+pub fn weft_tc_egress(ctx: TcContext) -> i32 {
+    tc::egress(&ctx)
 }
 
 #[cfg(not(test))]

@@ -12,6 +12,7 @@ pub mod configs;
 pub mod kubernetes;
 pub mod metrics;
 pub mod netns;
+pub mod tc;
 
 use std::{
     net::SocketAddr,
@@ -42,12 +43,7 @@ pub struct Env {
 /// Checks privileges and serializes tests (they share cgroups and BPF state). Without root a
 /// test fails under CI=true and is skipped (loudly) elsewhere; never passes silently in CI.
 pub fn setup(name: &str) -> Option<Env> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{name}: end-to-end tests need root (CI=true, so this is a failure)");
-        }
-        eprintln!("SKIPPED {name}: needs root and BPF; run `cargo xtask test` as root");
+    if !privileged(name) {
         return None;
     }
     let serial = SERIAL
@@ -62,6 +58,20 @@ pub fn setup(name: &str) -> Option<Env> {
         netns,
         _serial: serial,
     })
+}
+
+/// Whether the test may load BPF programs (root). Without root a test fails under CI=true
+/// and is skipped (loudly) elsewhere; it never passes silently in CI.
+pub fn privileged(name: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{name}: this test needs root (CI=true, so this is a failure)");
+    }
+    eprintln!("SKIPPED {name}: needs root and BPF; run `cargo xtask test` as root");
+    false
 }
 
 impl Env {
