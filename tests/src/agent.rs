@@ -16,6 +16,8 @@ pub struct Agent {
     pub use_config: bool,
     /// `--kubernetes`, with this kubeconfig and node name.
     pub kubernetes: Option<KubernetesSource>,
+    /// `--tc-interface` for each (interfaces of the agent's network namespace).
+    pub tc_interfaces: Vec<String>,
     pub dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
@@ -75,6 +77,7 @@ impl Agent {
             child: None,
             use_config: true,
             kubernetes: None,
+            tc_interfaces: Vec::new(),
             log: dir.join("agent.log"),
             config: config_path,
             bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/{}", netns.name)),
@@ -107,6 +110,9 @@ impl Agent {
                 .env("KUBECONFIG", &kubernetes.kubeconfig)
                 // Out of any cluster this test may run in: the kubeconfig decides.
                 .env_remove("KUBERNETES_SERVICE_HOST");
+        }
+        for interface in &self.tc_interfaces {
+            cmd.args(["--tc-interface", interface]);
         }
         cmd.arg("--cgroup")
             .arg(&self.cgroup)

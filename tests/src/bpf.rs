@@ -271,3 +271,18 @@ pub fn try_kernel_tables(maps_dir: &Path) -> Result<KernelTables, String> {
         backends: backends.values().map(|b| b.to_vec()).collect(),
     })
 }
+
+/// Names of the programs attached with TCX to `interface` (both directions) in `netns`;
+/// empty on a kernel without TCX.
+pub fn tcx_programs(netns: &crate::NetNs, interface: &'static str) -> Vec<String> {
+    use aya::programs::{SchedClassifier, tc::TcAttachType};
+    netns.run(move || {
+        let name = std::ffi::CString::new(interface).expect("interface name");
+        [TcAttachType::Ingress, TcAttachType::Egress]
+            .into_iter()
+            .filter_map(|direction| SchedClassifier::query_tcx(name.as_c_str(), direction).ok())
+            .flat_map(|(_, programs)| programs)
+            .map(|p| p.name_as_str().unwrap_or("?").to_string())
+            .collect()
+    })
+}
