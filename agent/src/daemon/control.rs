@@ -319,15 +319,21 @@ impl Agent {
                 stats,
             } => {
                 let changed = !deltas.is_empty();
-                let before = self.store.conflicts().len();
+                // Conflicts are kept sorted by name, not by arrival: the new ones are those
+                // not there before (a count would blame the wrong lines).
+                let before: std::collections::HashSet<String> =
+                    self.store.conflicts().into_iter().collect();
                 self.store.apply(deltas);
-                let mut ok = self.store.conflicts().len() <= before;
+                let mut ok = true;
+                for conflict in self.store.conflicts() {
+                    if !before.contains(&conflict) {
+                        error!("{conflict}");
+                        ok = false;
+                    }
+                }
                 if let Err(conflict) = self.store.claim_stats(&origin, stats) {
                     error!("{conflict}");
                     ok = false;
-                }
-                for conflict in self.store.conflicts().iter().skip(before) {
-                    error!("{conflict}");
                 }
                 reloads.changed |= changed || stats != crate::source::StatsClaim::Unchanged;
                 reloads.origins.push((origin, ok));
