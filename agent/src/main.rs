@@ -91,6 +91,11 @@ struct AgentArgs {
     /// cgroup2 directory the socket programs attach to [default: the cgroup2 root].
     #[arg(long)]
     cgroup: Option<PathBuf>,
+    /// Attach the TC programs to this interface, for traffic to services that did not come
+    /// from a socket in the cgroup (forwarded from other namespaces, VMs or hosts).
+    /// Repeatable.
+    #[arg(long = "tc-interface", value_name = "IFACE", value_parser = interface_name)]
+    tc_interface: Vec<String>,
     /// bpffs directory for pinned programs, links and maps.
     #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
     bpffs_dir: PathBuf,
@@ -112,6 +117,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// An interface that exists in this network namespace (a typo must stop the agent, not
+/// leave a path silently unattached).
+fn interface_name(name: &str) -> Result<String, String> {
+    if name.is_empty() || name.len() > 15 || name.contains(['/', '\0']) {
+        return Err(format!("{name:?} is not an interface name"));
+    }
+    // By index, not through /sys/class/net: sysfs shows the namespace it was mounted in,
+    // which need not be this process's.
+    let c_name =
+        std::ffi::CString::new(name).map_err(|_| format!("{name:?} is not an interface name"))?;
+    // SAFETY: c_name is a valid NUL-terminated string for the duration of the call.
+    if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
+        return Err(format!("no interface {name} in this network namespace"));
+    }
+    Ok(name.to_string())
 }
 
 /// The node's name as given, else the host name (kube-proxy's default too).
@@ -143,6 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config: args.config,
                 kubernetes,
                 cgroup: args.cgroup,
+                tc_interfaces: args.tc_interface,
                 bpffs_dir: args.bpffs_dir,
                 admin_socket: args.admin_socket,
                 metrics_addr: args.metrics_addr,
@@ -157,10 +180,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let report = datapath::reset(&bpffs_dir)?;
             println!(
-                "removed {} links and {} maps under {}",
+                "removed {} links and {} maps under {}, {} TC filters",
                 report.links_removed,
                 report.maps_removed,
-                bpffs_dir.display()
+                bpffs_dir.display(),
+                report.filters_removed
             );
             if std::os::unix::net::UnixStream::connect(&admin_socket).is_ok() {
                 eprintln!(

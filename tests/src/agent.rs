@@ -18,6 +18,8 @@ pub struct Agent {
     pub kubernetes: Option<KubernetesSource>,
     /// `--tc-interface` for each (interfaces of the agent's network namespace).
     pub tc_interfaces: Vec<String>,
+    /// Extra environment of the agent process.
+    pub env: Vec<(String, String)>,
     pub dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
@@ -78,6 +80,7 @@ impl Agent {
             use_config: true,
             kubernetes: None,
             tc_interfaces: Vec::new(),
+            env: Vec::new(),
             log: dir.join("agent.log"),
             config: config_path,
             bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/{}", netns.name)),
@@ -114,6 +117,7 @@ impl Agent {
         for interface in &self.tc_interfaces {
             cmd.args(["--tc-interface", interface]);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--cgroup")
             .arg(&self.cgroup)
             .arg("--bpffs-dir")
@@ -244,13 +248,21 @@ impl Agent {
         child.wait().expect("waiting for agent")
     }
 
+    /// `weft reset` in the agent's network namespace (where its TC filters are).
     pub fn reset(&self) -> std::process::Output {
-        Command::new(weft_bin())
-            .arg("reset")
-            .arg("--bpffs-dir")
-            .arg(&self.bpffs_dir)
-            .output()
-            .expect("running weft reset")
+        let mut cmd = Command::new(weft_bin());
+        cmd.arg("reset").arg("--bpffs-dir").arg(&self.bpffs_dir);
+        let netns_fd = self.netns_fd;
+        // SAFETY: setns is async-signal-safe; the fd stays open in the parent until exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.output().expect("running weft reset")
     }
 }
 

@@ -39,6 +39,16 @@ pub fn tally_udp(service: SocketAddr, sockets: usize) -> BTreeMap<String, usize>
     } else {
         "[::1]:0".parse().unwrap()
     };
+    tally_udp_from(bind, service, sockets)
+}
+
+/// `tally_udp` from sockets bound to `bind` (the unspecified address for a client whose
+/// datagrams leave its namespace: a loopback-bound socket cannot send off the host).
+pub fn tally_udp_from(
+    bind: SocketAddr,
+    service: SocketAddr,
+    sockets: usize,
+) -> BTreeMap<String, usize> {
     let mut tally = BTreeMap::new();
     for i in 0..sockets {
         let socket = UdpSocket::bind(bind).expect("client bind");

@@ -19,6 +19,11 @@ use weft_tests::{
 /// The node with two endpoints, a TCP backend named a and b on each at :8080, a UDP one
 /// at :53, and the agent on `config` with the TC programs on the client side.
 fn node(test: &str, config: &str) -> Option<(Env, Topology)> {
+    node_with(test, config, &[])
+}
+
+/// `node`, the agent with extra environment.
+fn node_with(test: &str, config: &str, agent_env: &[(&str, &str)]) -> Option<(Env, Topology)> {
     let mut env = weft_tests::setup(test)?;
     let topology = Topology::build(test, &env.netns, 2);
     for (i, name) in ["a", "b"].into_iter().enumerate() {
@@ -37,6 +42,10 @@ fn node(test: &str, config: &str) -> Option<(Env, Topology)> {
         path
     });
     agent.tc_interfaces = vec![CLIENT_SIDE.to_string()];
+    agent.env = agent_env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     agent.spawn();
     agent.wait_for_log(0, "config applied", Duration::from_secs(60));
     env.agent = Some(agent);
@@ -93,7 +102,6 @@ fn conns(env: &Env) -> Vec<Value> {
 }
 
 #[test]
-#[ignore = "the agent does not attach TC programs yet"]
 fn forwarded_connects_follow_the_weights_and_only_see_the_service_address() {
     let Some((env, topology)) = node("tc-weights", &web((1, 3))) else {
         return;
@@ -114,7 +122,14 @@ fn forwarded_connects_follow_the_weights_and_only_see_the_service_address() {
     // UDP: every reply comes from the service address (tally_udp checks), both families.
     for service in ["10.96.0.53:53", "[fd96::53]:53"] {
         let service = addr(service);
-        let tally = topology.client.run(move || client::tally_udp(service, 50));
+        let any: SocketAddr = if service.is_ipv4() {
+            "0.0.0.0:0".parse().unwrap()
+        } else {
+            "[::]:0".parse().unwrap()
+        };
+        let tally = topology
+            .client
+            .run(move || client::tally_udp_from(any, service, 50));
         assert_eq!(tally.values().sum::<usize>(), 50, "{tally:?}");
     }
     // The flows are the TC path's, and the socket path saw none of them.
@@ -158,7 +173,6 @@ fn echo(mut stream: &TcpStream, bytes: usize) -> std::io::Result<()> {
 }
 
 #[test]
-#[ignore = "the agent does not attach TC programs yet"]
 fn a_weight_change_moves_new_flows_and_keeps_established_ones() {
     let Some((env, topology)) = node("tc-sticky", &web((1, 0))) else {
         return;
@@ -198,7 +212,6 @@ fn a_weight_change_moves_new_flows_and_keeps_established_ones() {
 }
 
 #[test]
-#[ignore = "the agent does not attach TC programs yet"]
 fn an_endpoint_killed_under_forwarded_load_is_out_within_a_second() {
     let config = "services:
   - name: web
@@ -258,7 +271,6 @@ fn an_endpoint_killed_under_forwarded_load_is_out_within_a_second() {
 }
 
 #[test]
-#[ignore = "the agent does not attach TC programs yet"]
 fn the_agent_sigkilled_and_restarted_under_forwarded_load_loses_no_connect_and_no_flow() {
     let Some((mut env, topology)) = node("tc-restart", &web((1, 1))) else {
         return;
@@ -299,7 +311,6 @@ fn the_agent_sigkilled_and_restarted_under_forwarded_load_loses_no_connect_and_n
 }
 
 #[test]
-#[ignore = "the agent does not attach TC programs yet"]
 fn path_mtu_discovery_works_through_the_service_address() {
     let Some((env, topology)) = node("tc-pmtu", &web((1, 0))) else {
         return;
@@ -344,7 +355,6 @@ fn path_mtu_discovery_works_through_the_service_address() {
 }
 
 #[test]
-#[ignore = "the agent does not attach TC programs yet"]
 fn a_client_in_the_cgroup_is_translated_once_by_the_socket_path() {
     let Some((env, topology)) = node("tc-once", &web((1, 1))) else {
         return;
@@ -376,7 +386,6 @@ fn a_client_in_the_cgroup_is_translated_once_by_the_socket_path() {
 }
 
 #[test]
-#[ignore = "the agent does not attach TC programs yet"]
 fn reset_leaves_no_tc_program_qdisc_or_map_behind() {
     let Some((mut env, _topology)) = node("tc-reset", &web((1, 1))) else {
         return;
@@ -389,15 +398,7 @@ fn reset_leaves_no_tc_program_qdisc_or_map_behind() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let show = |args: &[&str]| {
-        let mut full = vec!["netns", "exec", env.netns.name.as_str()];
-        full.extend_from_slice(args);
-        let out = std::process::Command::new("ip")
-            .args(&full)
-            .output()
-            .expect("run");
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let show = |args: &[&str]| show(&env, args);
     assert_eq!(
         show(&["tc", "filter", "show", "dev", CLIENT_SIDE, "ingress"]),
         ""
@@ -415,4 +416,77 @@ fn reset_leaves_no_tc_program_qdisc_or_map_behind() {
         "pins left under {}",
         env.agent().bpffs_dir.display()
     );
+}
+
+/// Output of `ip netns exec <the node> <args>`.
+fn show(env: &Env, args: &[&str]) -> String {
+    let mut full = vec!["netns", "exec", env.netns.name.as_str()];
+    full.extend_from_slice(args);
+    let out = std::process::Command::new("ip")
+        .args(&full)
+        .output()
+        .expect("run");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// weft's filters on the client-side interface in one direction, as `tc` lists them.
+fn clsact_filters(env: &Env, direction: &str) -> usize {
+    show(
+        env,
+        &["tc", "filter", "show", "dev", CLIENT_SIDE, direction],
+    )
+    .lines()
+    .filter(|l| l.contains("weft_tc_"))
+    .count()
+}
+
+/// Kernels before 6.6 have no TCX: the agent attaches clsact filters instead (forced here
+/// on a newer kernel). They translate the same, a restarted agent replaces its filters in
+/// place (never a second copy), and `weft reset` removes them.
+#[test]
+fn without_tcx_clsact_filters_translate_are_replaced_in_place_and_reset_removes_them() {
+    let Some((mut env, topology)) =
+        node_with("tc-clsact", &web((1, 1)), &[("WEFT_TC_MODE", "clsact")])
+    else {
+        return;
+    };
+    assert_eq!(clsact_filters(&env, "ingress"), 1);
+    assert_eq!(clsact_filters(&env, "egress"), 1);
+    assert!(
+        weft_tests::bpf::tcx_programs(&env.netns, CLIENT_SIDE).is_empty(),
+        "clsact mode attached TCX programs"
+    );
+    let service = addr(WEB);
+    let (name, stream) = open(&topology, service);
+    let tally = topology.client.run(move || client::tally_tcp(service, 200));
+    assert_eq!(tally.values().sum::<usize>(), 200, "{tally:?}");
+
+    let status = env.agent_mut().signal(libc::SIGKILL);
+    assert!(!status.success());
+    let mark = env.agent().log_mark();
+    env.agent_mut().spawn();
+    env.agent_mut()
+        .wait_for_log(mark, "config applied", Duration::from_secs(30));
+    assert_eq!(
+        clsact_filters(&env, "ingress"),
+        1,
+        "a second filter after restart"
+    );
+    assert_eq!(
+        clsact_filters(&env, "egress"),
+        1,
+        "a second filter after restart"
+    );
+    // The flow opened before the restart still reaches its endpoint.
+    echo(&stream, 1000).expect("the flow opened before the restart");
+    let again = topology.client.run(move || client::tally_tcp(service, 100));
+    assert_eq!(again.values().sum::<usize>(), 100, "{again:?}");
+    println!("clsact: {tally:?} before, {again:?} after a restart; open flow on {name} kept");
+
+    let status = env.agent_mut().signal(libc::SIGTERM);
+    assert!(status.success());
+    let output = env.agent().reset();
+    assert!(output.status.success());
+    assert_eq!(clsact_filters(&env, "ingress"), 0);
+    assert_eq!(clsact_filters(&env, "egress"), 0);
 }

@@ -20,15 +20,22 @@ use weft_common::{ConnRecord, event, maps as names};
 use super::{
     AgentInfo, DatapathHealth,
     view::{
-        ConnEventView, ConnStats, ConnView, DatapathView, EndpointRow, EndpointView, MapView,
-        ServiceStats, ServiceView, StatsView, StatusView,
+        ConnEventView, ConnPath, ConnStats, ConnView, DatapathView, EndpointRow, EndpointView,
+        MapView, ServiceStats, ServiceView, StatsView, StatusView,
     },
 };
 use crate::{
-    datapath::Observer,
+    datapath::{Flow, Observer},
     stats::{ConnEvent, KernelSample, Metrics, Totals, record},
     store::{Installed, ServiceState, Snapshot},
 };
+
+/// One walk of the socket path's connection table and the TC path's flow table.
+#[derive(Default)]
+struct LiveTables {
+    records: Vec<ConnRecord>,
+    flows: Vec<Flow>,
+}
 
 /// How old a kernel sample or a metrics exposition may be when a request is answered.
 const FRESH: Duration = Duration::from_secs(1);
@@ -44,8 +51,8 @@ pub struct Shared {
     follow: broadcast::Sender<ConnEvent>,
     started: Instant,
     sample: Cache<Arc<KernelSample>>,
-    /// The last walk of the live-connection table, while someone still holds it.
-    conns: Cache<Weak<Vec<ConnRecord>>>,
+    /// The last walk of the live-connection and flow tables, while someone still holds it.
+    conns: Cache<Weak<LiveTables>>,
     /// The last exposition, while someone still holds it: scrapers arriving within `FRESH`
     /// share it, and nothing keeps megabytes of text alive between scrapes.
     exposition: Cache<Weak<String>>,
@@ -168,42 +175,56 @@ impl Shared {
         task.await.unwrap_or_default()
     }
 
-    /// The live-connection table as of at most `FRESH` ago: one walk for every request
-    /// within a second, however many ask.
-    async fn records(&self) -> Arc<Vec<ConnRecord>> {
+    /// The live-connection and flow tables as of at most `FRESH` ago: one walk for every
+    /// request within a second, however many ask.
+    async fn tables(&self) -> Arc<LiveTables> {
         let mut cached = Arc::clone(&self.conns).lock_owned().await;
-        if let Some((taken, records)) = cached.as_ref()
+        if let Some((taken, tables)) = cached.as_ref()
             && taken.elapsed() < FRESH
-            && let Some(records) = records.upgrade()
+            && let Some(tables) = tables.upgrade()
         {
-            return records;
+            return tables;
         }
         let observer = self.observer();
         let task = tokio::spawn(async move {
-            let records = tokio::task::spawn_blocking(move || {
-                observer.map(|o| o.connections()).unwrap_or_default()
+            let tables = tokio::task::spawn_blocking(move || {
+                observer
+                    .map(|o| LiveTables {
+                        records: o.connections(),
+                        flows: o.flows(),
+                    })
+                    .unwrap_or_default()
             })
             .await
             .unwrap_or_default();
-            let records = Arc::new(records);
-            *cached = Some((Instant::now(), Arc::downgrade(&records)));
-            records
+            let tables = Arc::new(tables);
+            *cached = Some((Instant::now(), Arc::downgrade(&tables)));
+            tables
         });
         task.await.unwrap_or_default()
     }
 
-    /// Live translated connections, optionally of one service.
+    /// Live translated connections (socket path) and flows (TC path), optionally of one
+    /// service.
     pub async fn connections(&self, service: Option<String>) -> Vec<ConnView> {
-        let (records, view) = (self.records().await, self.view());
+        let (tables, view) = (self.tables().await, self.view());
         let now = record::boottime_ns();
-        let mut conns: Vec<ConnView> = records
-            .iter()
-            .filter_map(|r| {
-                let s = view.service(crate::store::ServiceId(r.service_id))?;
-                (service.as_deref().is_none_or(|name| name == &*s.spec.name))
-                    .then(|| conn_view(&s.spec.name, record::destination(r), r, now))
-            })
-            .collect();
+        let named = |id: u32| {
+            let s = view.service(crate::store::ServiceId(id))?;
+            service
+                .as_deref()
+                .is_none_or(|name| name == &*s.spec.name)
+                .then_some(s)
+        };
+        let sockets = tables.records.iter().filter_map(|r| {
+            let s = named(r.service_id)?;
+            Some(conn_view(&s.spec.name, record::destination(r), r, now))
+        });
+        let flows = tables.flows.iter().filter_map(|f| {
+            let s = named(f.service_id())?;
+            Some(flow_view(&s.spec.name, f))
+        });
+        let mut conns: Vec<ConnView> = sockets.chain(flows).collect();
         conns.sort_by(|a, b| (&a.service, a.src).cmp(&(&b.service, b.src)));
         conns
     }
@@ -231,7 +252,16 @@ impl Shared {
             capacity: u64::from(capacity),
             approx_bytes: entries * entry_bytes as u64,
         };
-        vec![
+        // The TC path's flow table, when its programs are attached: an LRU map, allocated
+        // whole at creation.
+        let flows = sample.tc_counters.is_some().then(|| MapView {
+            name: names::FLOWS.to_string(),
+            entries: Some(sample.flows),
+            capacity: u64::from(maps::FLOWS_CAPACITY),
+            approx_bytes: u64::from(maps::FLOWS_CAPACITY)
+                * (size_of::<FlowKey>() + size_of::<FlowValue>()) as u64,
+        });
+        let mut views = vec![
             hash(
                 names::SERVICES,
                 counts.services,
@@ -268,7 +298,9 @@ impl Shared {
                 capacity: u64::from(maps::EVENTS_BYTES),
                 approx_bytes: u64::from(maps::EVENTS_BYTES),
             },
-        ]
+        ];
+        views.extend(flows);
+        views
     }
 
     pub async fn status(&self) -> StatusView {
@@ -432,6 +464,28 @@ pub fn event_view(e: &ConnEvent) -> ConnEventView {
     }
 }
 
+/// A TC flow as `weft conns` shows it: the client is the source, the endpoint the
+/// destination its packets were sent to; bytes as the interface saw them each way.
+fn flow_view(service: &str, f: &Flow) -> ConnView {
+    let reverse = f.reverse.unwrap_or_default();
+    ConnView {
+        service: service.to_string(),
+        endpoint: f.endpoint(),
+        src: f.client(),
+        dst: f.endpoint(),
+        state: f.state().as_str().to_string(),
+        bytes_sent: f.forward.bytes,
+        bytes_received: reverse.bytes,
+        srtt_us: 0,
+        retransmits: 0,
+        age_ms: crate::datapath::flow_age_ms(f),
+        segs_in: reverse.packets.min(u64::from(u32::MAX)) as u32,
+        segs_out: f.forward.packets.min(u64::from(u32::MAX)) as u32,
+        cookie: 0,
+        path: ConnPath::Tc,
+    }
+}
+
 fn conn_view(service: &str, endpoint: SocketAddr, r: &ConnRecord, now_ns: u64) -> ConnView {
     // A record from the ring is final: its age is its lifetime, not time since connect.
     let age_ms = if r.kind == event::CLOSED || r.kind == event::CONNECT_FAILED {
@@ -453,5 +507,6 @@ fn conn_view(service: &str, endpoint: SocketAddr, r: &ConnRecord, now_ns: u64) -
         segs_in: r.segs_in,
         segs_out: r.segs_out,
         cookie: r.cookie,
+        path: ConnPath::Socket,
     }
 }

@@ -92,6 +92,26 @@ pub struct ConnView {
     pub segs_in: u32,
     pub segs_out: u32,
     pub cookie: u64,
+    /// Which half of weft translated it.
+    pub path: ConnPath,
+}
+
+/// `socket`: translated at connect by the socket programs (a local client in the cgroup);
+/// `tc`: translated packet by packet by the TC programs (forwarded traffic).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnPath {
+    Socket,
+    Tc,
+}
+
+impl ConnPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnPath::Socket => "socket",
+            ConnPath::Tc => "tc",
+        }
+    }
 }
 
 /// `weft conns --follow -o json`: one line per connection event.

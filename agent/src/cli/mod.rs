@@ -10,7 +10,8 @@ use client::Client;
 use table::render;
 
 use crate::api::view::{
-    ConnEventView, ConnView, DatapathView, EndpointRow, ServiceView, StatsView, StatusView,
+    ConnEventView, ConnPath, ConnView, DatapathView, EndpointRow, ServiceView, StatsView,
+    StatusView,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -279,9 +280,14 @@ fn conns_table(conns: &[ConnView]) -> String {
                 c.src.to_string(),
                 c.endpoint.to_string(),
                 c.state.clone(),
+                c.path.as_str().to_string(),
                 table::bytes(c.bytes_sent),
                 table::bytes(c.bytes_received),
-                format!("{:.2}ms", f64::from(c.srtt_us) / 1e3),
+                // The TC path sees packets, not the sockets' round-trip estimates.
+                match c.path {
+                    ConnPath::Socket => format!("{:.2}ms", f64::from(c.srtt_us) / 1e3),
+                    ConnPath::Tc => "-".to_string(),
+                },
                 c.retransmits.to_string(),
                 table::millis(c.age_ms),
             ]
@@ -289,7 +295,8 @@ fn conns_table(conns: &[ConnView]) -> String {
         .collect();
     render(
         &[
-            "SERVICE", "SOURCE", "ENDPOINT", "STATE", "SENT", "RECEIVED", "SRTT", "RETRANS", "AGE",
+            "SERVICE", "SOURCE", "ENDPOINT", "STATE", "PATH", "SENT", "RECEIVED", "SRTT",
+            "RETRANS", "AGE",
         ],
         &rows,
     )

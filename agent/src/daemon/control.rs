@@ -15,7 +15,7 @@ use tokio::{
     sync::{broadcast, mpsc, watch},
     task::JoinHandle,
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{DaemonError, Options};
 use crate::{
@@ -93,6 +93,7 @@ impl Control {
             datapath: datapath::Options {
                 bpffs_dir: options.bpffs_dir.clone(),
                 cgroup: options.cgroup.clone().unwrap_or_default(),
+                tc_interfaces: options.tc_interfaces.clone(),
             },
             cgroup_given: options.cgroup.is_some(),
             wiring,
@@ -634,10 +635,52 @@ fn spawn_reader(
         wiring.shared.set_observer(observer);
     }
     let ring = datapath.take_events();
+    let expiry = datapath.take_flow_expiry();
     let sinks = sinks.clone();
     wiring.io.spawn(async move {
-        if let Some(ring) = ring {
-            stats::events::run(ring, sinks).await;
-        }
+        let events = async move {
+            if let Some(ring) = ring {
+                stats::events::run(ring, sinks).await;
+            }
+        };
+        let flows = async move {
+            if let Some(expiry) = expiry {
+                expire_flows(expiry).await;
+            }
+        };
+        tokio::join!(events, flows);
     })
+}
+
+/// How often the TC flow table is walked for expired flows: often enough that a closed
+/// flow's 10 s linger is not doubled, rarely enough that a full table (a walk of ~0.5 s of
+/// syscalls) costs a few percent of one core.
+const FLOW_SWEEP: Duration = Duration::from_secs(5);
+
+/// Expires old TC flows until aborted (with the rest of the reader), off the runtime's
+/// threads: a walk is blocking syscalls.
+async fn expire_flows(mut expiry: datapath::FlowExpiry) {
+    let mut tick = tokio::time::interval(FLOW_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let swept = tokio::task::spawn_blocking(move || {
+            let sweep = expiry.sweep();
+            (expiry, sweep)
+        })
+        .await;
+        match swept {
+            Ok((back, sweep)) => {
+                if sweep.expired > 0 {
+                    debug!(
+                        flows = sweep.flows,
+                        expired = sweep.expired,
+                        "TC flows expired"
+                    );
+                }
+                expiry = back;
+            }
+            Err(_) => return,
+        }
+    }
 }

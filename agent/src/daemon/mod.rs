@@ -32,6 +32,8 @@ pub struct Options {
     /// This node's name, if services come from the Kubernetes API too.
     pub kubernetes: Option<KubernetesOptions>,
     pub cgroup: Option<PathBuf>,
+    /// Interfaces the TC programs attach to.
+    pub tc_interfaces: Vec<String>,
     pub bpffs_dir: PathBuf,
     pub admin_socket: PathBuf,
     pub metrics_addr: SocketAddr,

@@ -130,7 +130,10 @@ where
     let adopted = pin.exists();
     if adopted {
         let fd = program.raw_fd().map_err(program_error(name))?;
-        update_pinned_link(&pin, fd)?;
+        update_pinned_link(&pin, fd).map_err(|error| DatapathError::Link {
+            path: pin.clone(),
+            error: Box::new(error),
+        })?;
     } else {
         let link = program.attach_link(cgroup).map_err(program_error(name))?;
         link.pin(&pin).map_err(|e| DatapathError::Link {
@@ -164,24 +167,20 @@ fn program_error(program: &'static str) -> impl Fn(ProgramError) -> DatapathErro
     }
 }
 
-/// BPF_LINK_UPDATE on a pinned link: the kernel swaps the program atomically.
-fn update_pinned_link(pin: &Path, program_fd: i32) -> Result<(), DatapathError> {
+/// BPF_LINK_UPDATE on a pinned link: the kernel swaps the program atomically. The error is
+/// the kernel's (ENOLINK: the link's target, such as an interface, is gone).
+pub(super) fn update_pinned_link(pin: &Path, program_fd: i32) -> std::io::Result<()> {
     const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_LINK_UPDATE: libc::c_long = 29;
-    let link_error = |source: std::io::Error| DatapathError::Link {
-        path: pin.to_path_buf(),
-        error: Box::new(source),
-    };
-    let path = CString::new(pin.as_os_str().as_bytes())
-        .map_err(|e| link_error(std::io::Error::other(e)))?;
+    let path = CString::new(pin.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     // bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
-    let fd = bpf(BPF_OBJ_GET, [path.as_ptr() as u64, 0, 0, 0, 0, 0, 0, 0]).map_err(link_error)?;
+    let fd = bpf(BPF_OBJ_GET, [path.as_ptr() as u64, 0, 0, 0, 0, 0, 0, 0])?;
     // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns; dropping closes it, and
     // the pin keeps the link.
     let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     // bpf_attr for BPF_LINK_UPDATE: link_fd (u32), new_prog_fd (u32), flags, old_prog_fd.
     let fds = (link.as_raw_fd() as u64 & 0xffff_ffff) | ((program_fd as u64) << 32);
-    bpf(BPF_LINK_UPDATE, [fds, 0, 0, 0, 0, 0, 0, 0]).map_err(link_error)?;
+    bpf(BPF_LINK_UPDATE, [fds, 0, 0, 0, 0, 0, 0, 0])?;
     Ok(())
 }
 

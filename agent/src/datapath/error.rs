@@ -28,6 +28,12 @@ pub enum DatapathError {
         path: PathBuf,
         error: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("attaching {program} to interface {interface}: {}", Chain(&**error))]
+    Interface {
+        interface: String,
+        program: &'static str,
+        error: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("map {map}: {}", Chain(&**error))]
     Map {
         map: &'static str,

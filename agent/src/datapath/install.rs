@@ -133,6 +133,11 @@ impl Installed {
         self.services.contains_key(&id)
     }
 
+    /// The key service `id` is installed under, if it is.
+    pub fn key_of(&self, id: ServiceId) -> Option<ServiceKey> {
+        self.services.get(&id).map(|s| s.key)
+    }
+
     /// Removes services, then writes the planned ones, in commit order.
     pub fn apply(
         &mut self,

@@ -8,6 +8,7 @@ mod attach;
 mod batch;
 mod error;
 mod events;
+mod flows;
 mod fs;
 mod install;
 mod maps;
@@ -15,6 +16,8 @@ mod observe;
 mod pins;
 pub mod privileges;
 mod reset;
+mod tc;
+mod vips;
 
 use std::path::{Path, PathBuf};
 
@@ -23,12 +26,14 @@ use tracing::{info, warn};
 
 pub use error::DatapathError;
 pub use events::{EventReader, EventRing};
+pub use flows::{Flow, FlowExpiry, FlowState, Sweep, age_ms as flow_age_ms};
 pub use fs::discover_cgroup2_root;
 pub use install::{ApplyFailure, ApplyReport, Counts, Installed, Removal};
 pub use maps::{Maps, MemoryMaps, WriteFailure};
-pub use observe::{KernelCounters, Observer};
+pub use observe::{KernelCounters, Observer, TcCounters};
 pub use pins::PinsMissing;
 pub use reset::{ResetReport, reset};
+pub use tc::TcMode;
 
 use crate::{
     config::Frontend,
@@ -43,13 +48,28 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/we
 pub struct Options {
     pub bpffs_dir: PathBuf,
     pub cgroup: PathBuf,
+    /// Interfaces the TC programs attach to (none: the TC path is off).
+    pub tc_interfaces: Vec<String>,
 }
+
+/// The TC path's maps: pinned and sized only when TC programs are attached (unattached,
+/// the object's one-entry placeholders cost nothing).
+const TC_MAPS: [&str; 4] = [
+    weft_common::maps::FLOWS,
+    weft_common::maps::FRAGS,
+    weft_common::maps::VIPS,
+    weft_common::maps::TC_COUNTERS,
+];
 
 pub struct Datapath {
     maps: maps::KernelMaps,
     events: Option<EventRing>,
     observer: Option<Observer>,
     attachments: Vec<attach::Attachment>,
+    tc_attachments: Vec<tc::TcAttachment>,
+    /// Service addresses for the TC programs (when they are attached).
+    vips: Option<vips::Vips>,
+    flow_expiry: Option<FlowExpiry>,
     installed: Installed,
     pins: pins::Pins,
     /// Holds the programs (and the links it manages) for the agent's lifetime.
@@ -65,8 +85,22 @@ impl Datapath {
         }
         fs::raise_memlock_limit();
         let layout = fs::Layout::create(&options.bpffs_dir)?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&layout.maps)
+        let tc_on = !options.tc_interfaces.is_empty();
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&layout.maps);
+        if tc_on {
+            for name in TC_MAPS {
+                loader.map_pin_path(name, layout.maps.join(name));
+            }
+            loader.map_max_entries(
+                weft_common::maps::FLOWS,
+                flows_capacity(&layout.maps.join(weft_common::maps::FLOWS)),
+            );
+            loader.map_max_entries(weft_common::maps::FRAGS, weft_common::maps::FRAGS_CAPACITY);
+        } else {
+            remove_tc_maps(&layout.maps)?;
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .map_err(|error| DatapathError::Load(Box::new(error)))?;
         let attachments = attach::attach_all(&mut ebpf, &options.cgroup, &layout.links)?;
@@ -77,6 +111,9 @@ impl Datapath {
                 "program attached"
             );
         }
+        let tc_mode = TcMode::detect();
+        let tc_attachments =
+            tc::attach_all(&mut ebpf, &options.tc_interfaces, &layout.links, tc_mode)?;
         let mut maps = maps::KernelMaps::take(&mut ebpf)?;
         let ring = ebpf
             .take_map(weft_common::maps::EVENTS)
@@ -87,7 +124,7 @@ impl Datapath {
             map: weft_common::maps::EVENTS,
             error: Box::new(error),
         })?;
-        let observer = Some(Observer::take(&mut ebpf)?);
+        let observer = Some(Observer::take(&mut ebpf, tc_on)?);
         let (installed, orphans) = adopt::read_installed(&mut maps)?;
         if orphans > 0 {
             warn!(
@@ -101,13 +138,28 @@ impl Datapath {
             backends = counts.backends,
             "adopted installed state"
         );
+        let (vips, flow_expiry) = if tc_on {
+            (
+                Some(vips::Vips::take(&mut ebpf, installed.service_keys())?),
+                Some(FlowExpiry::open(
+                    &layout.maps.join(weft_common::maps::FLOWS),
+                )?),
+            )
+        } else {
+            (None, None)
+        };
+        let tc_pins = tc_attachments.iter().filter_map(|a| a.pin.clone());
+        let pins = pins::Pins::record(&options.bpffs_dir, tc_pins, tc_on.then_some(&TC_MAPS[..]));
         Ok(Datapath {
             maps,
             events: Some(EventRing(ring)),
             observer,
             attachments,
+            tc_attachments,
+            vips,
+            flow_expiry,
             installed,
-            pins: pins::Pins::record(&options.bpffs_dir),
+            pins,
             _ebpf: ebpf,
         })
     }
@@ -122,14 +174,27 @@ impl Datapath {
         self.observer.take()
     }
 
+    /// The handle that expires old TC flows, for the task that sweeps them (once; none
+    /// without TC programs).
+    pub fn take_flow_expiry(&mut self) -> Option<FlowExpiry> {
+        self.flow_expiry.take()
+    }
+
     /// Whether everything this datapath pinned is still pinned (see `pins`).
     pub fn check_pins(&self) -> Result<(), PinsMissing> {
         self.pins.check()
     }
 
     /// The programs and whether each was adopted from an earlier agent's pinned link.
-    pub fn programs(&self) -> impl Iterator<Item = (&'static str, bool)> + '_ {
-        self.attachments.iter().map(|a| (a.program, a.adopted))
+    pub fn programs(&self) -> impl Iterator<Item = (&str, bool)> + '_ {
+        self.attachments
+            .iter()
+            .map(|a| (a.program, a.adopted))
+            .chain(
+                self.tc_attachments
+                    .iter()
+                    .map(|a| (a.name.as_str(), a.adopted)),
+            )
     }
 
     /// Entries the agent's maps hold.
@@ -175,14 +240,41 @@ impl Datapath {
                 key: layout::service_key(&r.frontend),
             })
             .collect();
-        self.installed.apply(&mut self.maps, removals, plans)
+        let planned: Vec<(ServiceId, weft_common::ServiceKey)> = match self.vips {
+            Some(_) => plans.iter().map(|p| (p.id, p.key)).collect(),
+            None => Vec::new(),
+        };
+        let removed_ids: Vec<ServiceId> = removed.iter().map(|r| r.id).collect();
+        let report = self.installed.apply(&mut self.maps, removals, plans);
+        self.follow_vips(
+            removed_ids
+                .into_iter()
+                .chain(planned.into_iter().map(|(id, _)| id)),
+        );
+        report
+    }
+
+    /// Service addresses follow what the service map holds now for `ids`.
+    fn follow_vips(&mut self, ids: impl Iterator<Item = ServiceId>) {
+        let Some(vips) = &mut self.vips else {
+            return;
+        };
+        for id in ids {
+            match self.installed.key_of(id) {
+                Some(key) => vips.hold(id, &key),
+                None => vips.release(id),
+            }
+        }
     }
 
     /// Removes installed services `keep` does not want: an earlier agent's that no source
     /// defines any more. Called once the sources have delivered everything.
     pub fn remove_strays(&mut self, keep: impl Fn(ServiceId) -> bool) -> ApplyReport {
         let strays = self.installed.strays(keep);
-        self.installed.apply(&mut self.maps, strays, Vec::new())
+        let ids: Vec<ServiceId> = strays.iter().map(|r| r.id).collect();
+        let report = self.installed.apply(&mut self.maps, strays, Vec::new());
+        self.follow_vips(ids.into_iter());
+        report
     }
 }
 
@@ -193,4 +285,32 @@ pub fn maps_dir(bpffs_dir: &Path) -> PathBuf {
 
 pub fn links_dir(bpffs_dir: &Path) -> PathBuf {
     bpffs_dir.join("links")
+}
+
+/// Entries of the TC flow map: the size it was created with if it is pinned already (an
+/// LRU map is allocated whole and cannot be resized in place), else the default.
+fn flows_capacity(pin: &Path) -> u32 {
+    aya::maps::MapInfo::from_pin(pin)
+        .map(|info| info.max_entries())
+        .unwrap_or(weft_common::maps::FLOWS_CAPACITY)
+}
+
+/// Without TC programs the TC maps have no use: an earlier agent's pins go (its flows with
+/// them; their programs are gone too).
+fn remove_tc_maps(maps_dir: &Path) -> Result<(), DatapathError> {
+    for name in TC_MAPS {
+        let path = maps_dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => info!(map = name, "removed the TC path's map (no --tc-interface)"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(DatapathError::Io {
+                    what: "removing",
+                    path,
+                    error,
+                });
+            }
+        }
+    }
+    Ok(())
 }

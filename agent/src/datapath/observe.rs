@@ -4,16 +4,40 @@
 //! entry): callers sample it off the control loop, and not per request.
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
-use weft_common::{ConnRecord, RevNatKey, RevNatValue, counter, maps as names};
+use weft_common::{ConnRecord, RevNatKey, RevNatValue, counter, maps as names, tc_counter};
 
-use super::{DatapathError, maps::map_error};
+use super::{
+    DatapathError,
+    flows::{Flow, FlowReader},
+    maps::map_error,
+};
 
 pub struct Observer {
     conns: HashMap<MapData, u64, ConnRecord>,
     revnat: HashMap<MapData, RevNatKey, RevNatValue>,
     lost: PerCpuArray<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
+    /// The TC path's flows and counters, when its programs are attached.
+    tc: Option<(FlowReader, PerCpuArray<MapData, u64>)>,
 }
+
+/// What the TC programs counted (`WEFT_TCSTAT_V1`), summed over CPUs, by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TcCounters(pub Vec<(&'static str, u64)>);
+
+/// The reasons `WEFT_TCSTAT_V1` counts, as metric labels.
+const TC_REASONS: [(u32, &str); 10] = [
+    (tc_counter::NO_ENDPOINT, "no_endpoint"),
+    (tc_counter::TRUNCATED, "truncated"),
+    (tc_counter::BAD_HEADER, "bad_header"),
+    (tc_counter::FRAGMENT_UNKNOWN, "fragment_unknown"),
+    (tc_counter::IPV6_EXTENSION, "ipv6_extension"),
+    (tc_counter::OTHER_PROTOCOL, "other_protocol"),
+    (tc_counter::ICMP_TRANSLATED, "icmp_translated"),
+    (tc_counter::ICMP_UNMATCHED, "icmp_unmatched"),
+    (tc_counter::FLOW_NOT_WRITTEN, "flow_not_written"),
+    (tc_counter::ENDPOINT_GONE, "endpoint_gone"),
+];
 
 /// The kernel's own event counts (`WEFT_COUNTERS_V1`), summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,11 +49,21 @@ pub struct KernelCounters {
 }
 
 impl Observer {
-    pub(super) fn take(ebpf: &mut aya::Ebpf) -> Result<Observer, DatapathError> {
+    pub(super) fn take(ebpf: &mut aya::Ebpf, tc: bool) -> Result<Observer, DatapathError> {
         fn raw(ebpf: &mut aya::Ebpf, map: &'static str) -> Result<aya::maps::Map, DatapathError> {
             ebpf.take_map(map).ok_or(DatapathError::MissingMap { map })
         }
+        let tc = if tc {
+            Some((
+                FlowReader::take(ebpf)?,
+                PerCpuArray::try_from(raw(ebpf, names::TC_COUNTERS)?)
+                    .map_err(map_error(names::TC_COUNTERS))?,
+            ))
+        } else {
+            None
+        };
         Ok(Observer {
+            tc,
             conns: HashMap::try_from(raw(ebpf, names::CONNS)?).map_err(map_error(names::CONNS))?,
             revnat: HashMap::try_from(raw(ebpf, names::REVNAT)?)
                 .map_err(map_error(names::REVNAT))?,
@@ -62,6 +96,22 @@ impl Observer {
     /// Ring-buffer records the kernel could not deliver because the ring was full.
     pub fn events_lost(&self) -> u64 {
         sum(&self.lost, 0)
+    }
+
+    /// The TC path's flows (none without TC programs).
+    pub fn flows(&self) -> Vec<Flow> {
+        self.tc.as_ref().map(|(f, _)| f.flows()).unwrap_or_default()
+    }
+
+    /// The TC programs' counts (none without TC programs).
+    pub fn tc_counters(&self) -> Option<TcCounters> {
+        let (_, counters) = self.tc.as_ref()?;
+        Some(TcCounters(
+            TC_REASONS
+                .iter()
+                .map(|&(index, reason)| (reason, sum(counters, index)))
+                .collect(),
+        ))
     }
 
     pub fn counters(&self) -> KernelCounters {

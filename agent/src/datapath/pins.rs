@@ -20,13 +20,20 @@ pub struct Pins {
 pub struct PinsMissing(pub Vec<String>);
 
 impl Pins {
-    /// Records the pins as they are right after opening.
-    pub fn record(bpffs_dir: &Path) -> Pins {
+    /// Records the pins as they are right after opening: the socket programs' links, the
+    /// TC links (`tc_links`), the maps, and the TC maps if TC programs are attached.
+    pub fn record(
+        bpffs_dir: &Path,
+        tc_links: impl Iterator<Item = PathBuf>,
+        tc_maps: Option<&[&str]>,
+    ) -> Pins {
         let links = attach::all_programs()
             .map(|name| links_dir(bpffs_dir).join(name))
+            .chain(tc_links)
             .collect();
         let maps = weft_common::maps::ALL
             .iter()
+            .chain(tc_maps.unwrap_or_default())
             .map(|name| {
                 let path = maps_dir(bpffs_dir).join(name);
                 let id = pinned_map_id(&path).unwrap_or(0);

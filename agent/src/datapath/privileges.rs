@@ -37,7 +37,7 @@ pub const NEEDED: [Needed; 3] = [
     Needed {
         name: "CAP_NET_ADMIN",
         bit: 12,
-        used_for: "loading and attaching cgroup socket and sock_ops programs",
+        used_for: "loading and attaching cgroup socket, sock_ops and TC programs (TCX links, clsact filters)",
     },
     // The verifier refuses pointer arithmetic with a value that differs between paths
     // (Spectre v1 hardening) unless the loader has it; the compiler's memset loop for

@@ -1,4 +1,5 @@
-//! `weft reset`: detach and remove everything weft pinned under a bpffs directory.
+//! `weft reset`: detach and remove everything weft pinned under a bpffs directory, and its
+//! TC filters from the interfaces of this network namespace.
 
 use std::{fs, path::Path};
 
@@ -10,10 +11,16 @@ use super::DatapathError;
 pub struct ResetReport {
     pub links_removed: usize,
     pub maps_removed: usize,
+    /// weft's clsact filters removed from this namespace's interfaces (kernels without TCX).
+    pub filters_removed: usize,
 }
 
 pub fn reset(bpffs_dir: &Path) -> Result<ResetReport, DatapathError> {
-    let mut report = ResetReport::default();
+    let mut report = ResetReport {
+        // Filters are not pinned: they are found by program name on every interface.
+        filters_removed: super::tc::detach_clsact_filters(),
+        ..ResetReport::default()
+    };
     if !bpffs_dir.exists() {
         return Ok(report);
     }

@@ -50,8 +50,16 @@ impl ResultLabels {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// The TC programs' counts by reason, and the kernel totals last seen.
+    tc_packets: Family<ReasonLabels, Counter>,
+    tc_last: Mutex<std::collections::HashMap<&'static str, u64>>,
     events_lost: KernelTotal,
     revnat_evicted: KernelTotal,
     revnat_recovered: KernelTotal,
@@ -77,6 +85,8 @@ impl Metrics {
         let mut registry = Registry::default();
         let scrape = Arc::new(Mutex::new(Scrape::default()));
         let m = Metrics {
+            tc_packets: Family::default(),
+            tc_last: Mutex::default(),
             events_lost: KernelTotal::default(),
             revnat_evicted: KernelTotal::default(),
             revnat_recovered: KernelTotal::default(),
@@ -117,6 +127,11 @@ impl Metrics {
             m.revnat_recovered.counter.clone(),
         );
         r.register(
+            "weft_tc_packets",
+            "Packets the TC programs did not simply translate, by reason (dropped: no_endpoint, fragment_unknown, ipv6_extension; passed untouched: truncated, bad_header, other_protocol, icmp_unmatched; translated: icmp_translated; endpoint_gone: a flow sent to a new endpoint; flow_not_written: the flow table refused an entry)",
+            m.tc_packets.clone(),
+        );
+        r.register(
             "weft_datapath_reinstalls",
             "Times the agent found its pinned programs or maps removed (weft reset) and installed them again",
             m.reinstalls.clone(),
@@ -149,6 +164,21 @@ impl Metrics {
     pub fn encode(&self, view: Arc<Snapshot>, sample: Arc<KernelSample>) -> String {
         self.events_lost.follow(sample.events_lost);
         self.set_kernel_counters(&sample.counters);
+        if let Some(tc) = &sample.tc_counters {
+            let mut last = self.tc_last.lock().unwrap_or_else(|p| p.into_inner());
+            for &(reason, total) in &tc.0 {
+                let before = last.insert(reason, total).unwrap_or(0);
+                // A smaller total is a new map (reinstalled datapath): count from zero.
+                let grew = if total >= before {
+                    total - before
+                } else {
+                    total
+                };
+                self.tc_packets
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc_by(grew);
+            }
+        }
         *self.scrape.lock().unwrap_or_else(|p| p.into_inner()) = Scrape {
             view: Some(view),
             sample: Some(sample),

@@ -8,7 +8,7 @@ use weft_common::conn_flags;
 
 use super::record;
 use crate::{
-    datapath::{KernelCounters, Observer},
+    datapath::{FlowState, KernelCounters, Observer, TcCounters},
     store::{ServiceId, Snapshot},
 };
 
@@ -18,7 +18,12 @@ pub struct KernelSample {
     pub conns_entries: u64,
     pub events_lost: u64,
     pub counters: KernelCounters,
-    /// Established translated connections per endpoint of each service.
+    /// Flow-table entries of the TC path (two per flow once the endpoint answered).
+    pub flows: u64,
+    /// What the TC programs counted, if they are attached.
+    pub tc_counters: Option<TcCounters>,
+    /// Established translated connections per endpoint of each service: the socket path's
+    /// TCP connections and the TC path's established flows.
     pub open: HashMap<(ServiceId, SocketAddr), u64>,
     /// The same, summed per service.
     pub open_per_service: HashMap<ServiceId, u64>,
@@ -43,9 +48,27 @@ impl KernelSample {
             if view.service(id).is_none() {
                 continue;
             }
-            *sample.open.entry((id, record::destination(r))).or_default() += 1;
-            *sample.open_per_service.entry(id).or_default() += 1;
+            sample.count_open(id, record::destination(r));
+        }
+        let flows = observer.flows();
+        sample.flows = flows
+            .iter()
+            .map(|f| 1 + u64::from(f.reverse.is_some()))
+            .sum();
+        sample.tc_counters = observer.tc_counters();
+        for flow in &flows {
+            let id = ServiceId(flow.service_id());
+            if matches!(flow.state(), FlowState::Established | FlowState::Active)
+                && view.service(id).is_some()
+            {
+                sample.count_open(id, flow.endpoint());
+            }
         }
         sample
+    }
+
+    fn count_open(&mut self, id: ServiceId, endpoint: SocketAddr) {
+        *self.open.entry((id, endpoint)).or_default() += 1;
+        *self.open_per_service.entry(id).or_default() += 1;
     }
 }

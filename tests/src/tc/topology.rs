@@ -140,9 +140,40 @@ impl Topology {
             ]);
             namespaces.push(ns);
         }
-        Topology {
+        let topology = Topology {
             client,
             endpoints: namespaces,
+        };
+        topology.wait_for_ipv6(node);
+        topology
+    }
+
+    /// Waits until no IPv6 address in the topology is tentative: until the link-local
+    /// addresses finish duplicate address detection, the first IPv6 packets through the node
+    /// are lost (a first connect took 1–2 s with no translation at all), which a test would
+    /// blame on whatever it measures.
+    fn wait_for_ipv6(&self, node: &NetNs) {
+        let all: Vec<&NetNs> = [node, &self.client]
+            .into_iter()
+            .chain(&self.endpoints)
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for ns in all {
+            loop {
+                let out = std::process::Command::new("ip")
+                    .args(["-n", &ns.name, "-6", "addr", "show", "tentative"])
+                    .output()
+                    .expect("running ip");
+                if out.stdout.is_empty() {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "IPv6 addresses in {} still tentative after 10 s",
+                    ns.name
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         }
     }
 }
