@@ -216,10 +216,10 @@ impl FlowExpiry {
             expired: 0,
         };
         for flow in flows.iter().filter(|f| f.expired(now)) {
-            // A flow that saw a packet since the walk read it keeps its entries: the kernel
-            // refreshed it, and deleting now would move it to another endpoint.
-            if let Ok(current) = self.map.get(&flow.key, 0)
-                && current.last_ns != flow.forward.last_ns
+            // A flow that saw a packet (either way) since the walk read it keeps its entries:
+            // the kernel refreshed it, or a new flow took the same key.
+            if self.changed(&flow.key, flow.forward.last_ns)
+                || self.changed(&flow.reverse_key(), flow.reverse.map_or(0, |r| r.last_ns))
             {
                 continue;
             }
@@ -228,11 +228,21 @@ impl FlowExpiry {
             sweep.expired += 1;
         }
         for (key, value) in orphans {
-            if now.saturating_sub(value.last_ns) > UDP_IDLE_TIMEOUT.as_nanos() as u64 {
+            if now.saturating_sub(value.last_ns) > UDP_IDLE_TIMEOUT.as_nanos() as u64
+                && !self.changed(&key, value.last_ns)
+            {
                 let _ = self.map.remove(&key);
             }
         }
         sweep
+    }
+
+    /// Whether the entry at `key` is not the one the walk read (refreshed, or created anew
+    /// since). An entry that is gone has not changed: there is nothing to keep.
+    fn changed(&self, key: &FlowKey, last_ns_read: u64) -> bool {
+        self.map
+            .get(key, 0)
+            .is_ok_and(|current| current.last_ns != last_ns_read)
     }
 }
 

@@ -18,7 +18,7 @@ pub struct ResetReport {
 pub fn reset(bpffs_dir: &Path) -> Result<ResetReport, DatapathError> {
     let mut report = ResetReport {
         // Filters are not pinned: they are found by program name on every interface.
-        filters_removed: super::tc::detach_clsact_filters(),
+        filters_removed: super::tc::detach_clsact_filters(&[]),
         ..ResetReport::default()
     };
     if !bpffs_dir.exists() {

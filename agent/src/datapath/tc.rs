@@ -133,6 +133,15 @@ pub fn attach_all(
     mode: TcMode,
 ) -> Result<Vec<TcAttachment>, DatapathError> {
     remove_stray_pins(links_dir, interfaces)?;
+    // Filters of an earlier agent on interfaces no longer named would keep running its
+    // program with maps nobody maintains any more.
+    let stale = detach_clsact_filters(interfaces);
+    if stale > 0 {
+        info!(
+            filters = stale,
+            "removed TC filters from interfaces no longer named"
+        );
+    }
     if interfaces.is_empty() {
         return Ok(Vec::new());
     }
@@ -239,6 +248,9 @@ fn attach_clsact(
             .map_err(|e| interface_error(interface, direction)(ProgramError::IOError(e)))?;
     let (id, adopted) = match program.attach_to_link(existing) {
         Ok(id) => (id, true),
+        Err(error) if !is_not_found(&error) => {
+            return Err(interface_error(interface, direction)(error));
+        }
         Err(_) => {
             let id = program
                 .attach(
@@ -269,11 +281,17 @@ fn attach_clsact(
     })
 }
 
-/// Removes weft's clsact filters from every interface of this network namespace (TCX links
-/// go with their pins). Returns how many interfaces had one.
-pub fn detach_clsact_filters() -> usize {
+/// Whether a netlink filter replace failed because there was no filter to replace.
+fn is_not_found(error: &ProgramError) -> bool {
+    matches!(error, ProgramError::TcError(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::ENOENT))
+}
+
+/// Removes weft's clsact filters from every interface of this network namespace except
+/// `keep` (TCX links go with their pins). Returns how many filters (one per interface and
+/// direction) went.
+pub fn detach_clsact_filters(keep: &[String]) -> usize {
     let mut removed = 0;
-    for interface in interface_names() {
+    for interface in interface_names().into_iter().filter(|i| !keep.contains(i)) {
         let Ok(interface_c) = CString::new(interface.as_str()) else {
             continue;
         };

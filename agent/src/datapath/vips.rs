@@ -66,8 +66,9 @@ impl Vips {
         Ok(vips)
     }
 
-    /// Service `id` now has the address of `key` (before its service entry is written, so the
-    /// TC programs look for it as soon as it can be found).
+    /// Service `id` now has the address of `key` (called right after its service entry is
+    /// written: until then the TC programs pass the address's packets untouched, as they did
+    /// while there was no such service).
     pub fn hold(&mut self, id: ServiceId, key: &ServiceKey) {
         let vip = vip_of(key);
         if self.of_service.get(&id) == Some(&vip) {

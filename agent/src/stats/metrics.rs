@@ -128,7 +128,7 @@ impl Metrics {
         );
         r.register(
             "weft_tc_packets",
-            "Packets the TC programs did not simply translate, by reason (dropped: no_endpoint, fragment_unknown, ipv6_extension; passed untouched: truncated, bad_header, other_protocol, icmp_unmatched; translated: icmp_translated; endpoint_gone: a flow sent to a new endpoint; flow_not_written: the flow table refused an entry)",
+            "Packets the TC programs did not simply translate, by reason (dropped, to a service address: no_endpoint, truncated, bad_header, fragment_unknown, ipv6_extension, flow_not_written; passed untouched: other_protocol, icmp_unmatched; translated: icmp_translated; endpoint_gone: a flow whose endpoint was removed, sent to a new one)",
             m.tc_packets.clone(),
         );
         r.register(
