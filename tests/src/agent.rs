@@ -2,7 +2,6 @@
 
 use std::{
     fs,
-    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -128,16 +127,7 @@ impl Agent {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
-        let netns_fd = self.netns_fd;
-        // SAFETY: setns is async-signal-safe; the fd stays open in the parent until exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::netns::enter_before_exec(&mut cmd, self.netns_fd);
         self.child = Some(cmd.spawn().expect("starting weft agent"));
     }
 
@@ -252,16 +242,7 @@ impl Agent {
     pub fn reset(&self) -> std::process::Output {
         let mut cmd = Command::new(weft_bin());
         cmd.arg("reset").arg("--bpffs-dir").arg(&self.bpffs_dir);
-        let netns_fd = self.netns_fd;
-        // SAFETY: setns is async-signal-safe; the fd stays open in the parent until exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::netns::enter_before_exec(&mut cmd, self.netns_fd);
         cmd.output().expect("running weft reset")
     }
 }

@@ -95,6 +95,21 @@ impl NetNs {
     }
 }
 
+/// Makes `cmd`'s process enter the network namespace open as `netns_fd` before it runs
+/// (the fd must stay open in the parent until the spawn).
+pub fn enter_before_exec(cmd: &mut Command, netns_fd: i32) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: setns is async-signal-safe and touches only the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = Command::new("ip")

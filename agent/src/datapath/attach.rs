@@ -147,7 +147,10 @@ where
     })
 }
 
-fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DatapathError>
+pub(super) fn program_mut<'a, P>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut P, DatapathError>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
@@ -160,7 +163,7 @@ where
         .map_err(program_error(name))
 }
 
-fn program_error(program: &'static str) -> impl Fn(ProgramError) -> DatapathError {
+pub(super) fn program_error(program: &'static str) -> impl Fn(ProgramError) -> DatapathError {
     move |source| DatapathError::Program {
         program,
         error: Box::new(source),

@@ -240,17 +240,17 @@ impl Datapath {
                 key: layout::service_key(&r.frontend),
             })
             .collect();
-        let planned: Vec<(ServiceId, weft_common::ServiceKey)> = match self.vips {
-            Some(_) => plans.iter().map(|p| (p.id, p.key)).collect(),
+        // The services whose address the TC programs may need to learn or forget.
+        let touched: Vec<ServiceId> = match self.vips {
+            Some(_) => removed
+                .iter()
+                .map(|r| r.id)
+                .chain(plans.iter().map(|p| p.id))
+                .collect(),
             None => Vec::new(),
         };
-        let removed_ids: Vec<ServiceId> = removed.iter().map(|r| r.id).collect();
         let report = self.installed.apply(&mut self.maps, removals, plans);
-        self.follow_vips(
-            removed_ids
-                .into_iter()
-                .chain(planned.into_iter().map(|(id, _)| id)),
-        );
+        self.follow_vips(touched.into_iter());
         report
     }
 
@@ -271,7 +271,10 @@ impl Datapath {
     /// defines any more. Called once the sources have delivered everything.
     pub fn remove_strays(&mut self, keep: impl Fn(ServiceId) -> bool) -> ApplyReport {
         let strays = self.installed.strays(keep);
-        let ids: Vec<ServiceId> = strays.iter().map(|r| r.id).collect();
+        let ids: Vec<ServiceId> = match self.vips {
+            Some(_) => strays.iter().map(|r| r.id).collect(),
+            None => Vec::new(),
+        };
         let report = self.installed.apply(&mut self.maps, strays, Vec::new());
         self.follow_vips(ids.into_iter());
         report

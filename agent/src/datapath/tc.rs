@@ -29,7 +29,10 @@ use aya::{
 };
 use tracing::{info, warn};
 
-use super::{DatapathError, attach::update_pinned_link};
+use super::{
+    DatapathError,
+    attach::{program_error, program_mut, update_pinned_link},
+};
 
 /// The kernel object's TC programs.
 pub const INGRESS: &str = "weft_tc_ingress";
@@ -147,7 +150,7 @@ pub fn attach_all(
     }
     let mut attachments = Vec::with_capacity(interfaces.len() * 2);
     for direction in Direction::BOTH {
-        let program = program_mut(ebpf, direction.program())?;
+        let program: &mut SchedClassifier = program_mut(ebpf, direction.program())?;
         program.load().map_err(program_error(direction.program()))?;
         for interface in interfaces {
             let attachment = match mode {
@@ -362,19 +365,6 @@ fn interface_name(interface: &str) -> Result<CString, DatapathError> {
     })
 }
 
-fn program_mut<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SchedClassifier, DatapathError> {
-    ebpf.program_mut(name)
-        .ok_or(DatapathError::Program {
-            program: name,
-            error: Box::new(ProgramError::UnexpectedProgramType),
-        })?
-        .try_into()
-        .map_err(program_error(name))
-}
-
 fn program_fd(program: &SchedClassifier, name: &'static str) -> Result<i32, DatapathError> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     Ok(program
@@ -382,13 +372,6 @@ fn program_fd(program: &SchedClassifier, name: &'static str) -> Result<i32, Data
         .map_err(program_error(name))?
         .as_fd()
         .as_raw_fd())
-}
-
-fn program_error(program: &'static str) -> impl Fn(ProgramError) -> DatapathError {
-    move |source| DatapathError::Program {
-        program,
-        error: Box::new(source),
-    }
 }
 
 fn interface_error(

@@ -132,6 +132,20 @@ fn set_quoted_address(
     adjust_by_diff(ctx, icmp_checksum(ip).offset, old, new, 0)
 }
 
+/// The tuple of the packets that answer the quoted one (its ends swapped): how the flow
+/// entry an error is about is keyed.
+#[inline(always)]
+fn answering(quote: &Quote, family: u8) -> Tuple {
+    Tuple {
+        src: quote.dst,
+        dst: quote.src,
+        sport: quote.dport,
+        dport: quote.sport,
+        protocol: quote.protocol,
+        family,
+    }
+}
+
 /// At ingress: an error addressed to a service address, about a reply the client was sent
 /// with that address as its source. Sent on to the endpoint, showing the endpoint's
 /// address and port.
@@ -142,14 +156,7 @@ pub fn from_client_side(ctx: &TcContext, ip: &Ip) -> Outcome {
     };
     // The quoted reply went from the service to the client; the flow's forward entry is
     // keyed the other way round.
-    let flow = Tuple {
-        src: quote.dst,
-        dst: quote.src,
-        sport: quote.dport,
-        dport: quote.sport,
-        protocol: quote.protocol,
-        family: ip.family,
-    };
+    let flow = answering(&quote, ip.family);
     let Some((endpoint, endpoint_port)) = peek(&flow, flow_dir::FORWARD) else {
         count(tc_counter::ICMP_UNMATCHED);
         return Outcome::Untouched;
@@ -185,14 +192,7 @@ pub fn to_client_side(ctx: &TcContext, ip: &Ip) -> Outcome {
     };
     // The quoted request went from the client to the endpoint; the reverse entry is keyed
     // as the endpoint's replies travel.
-    let flow = Tuple {
-        src: quote.dst,
-        dst: quote.src,
-        sport: quote.dport,
-        dport: quote.sport,
-        protocol: quote.protocol,
-        family: ip.family,
-    };
+    let flow = answering(&quote, ip.family);
     let Some((service, service_port)) = peek(&flow, flow_dir::REVERSE) else {
         return Outcome::Untouched;
     };

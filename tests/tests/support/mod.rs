@@ -8,7 +8,6 @@
 use std::{
     fs,
     net::SocketAddr,
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -111,17 +110,8 @@ impl Launched {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
-        let netns_fd = env.netns.raw_fd();
-        // SAFETY: setns is async-signal-safe; the fd stays open in the parent until exec.
-        // It runs before setpriv drops capabilities (entering a netns needs CAP_SYS_ADMIN).
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // Entering happens before setpriv drops capabilities (setns needs CAP_SYS_ADMIN).
+        weft_tests::netns::enter_before_exec(&mut cmd, env.netns.raw_fd());
         self.child = Some(cmd.spawn().expect("starting weft agent"));
     }
 
