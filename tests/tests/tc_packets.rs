@@ -299,6 +299,38 @@ fn bad_packets_to_a_service_are_dropped_and_counted_others_pass_untouched() {
     assert!(lab.flows().is_empty(), "no bad packet made a flow");
 }
 
+/// The first fragment of UDP datagram `id` (more fragments follow): its ports, 64 bytes of
+/// `fill`.
+fn first_fragment(src: SocketAddr, dst: SocketAddr, fill: u8, id: u16) -> Vec<u8> {
+    frame::frame(&frame::ip_packet(
+        src.ip(),
+        dst.ip(),
+        &Transport::udp(src.port(), dst.port(), &[fill; 64]),
+        V4Options {
+            id,
+            frag: 0x2000,
+            ..V4Options::default()
+        },
+    ))
+}
+
+/// A later fragment of UDP datagram `id` (offset 72 bytes): 40 bytes of `fill`, no ports.
+fn later_fragment(src: SocketAddr, dst: SocketAddr, fill: u8, id: u16) -> Vec<u8> {
+    frame::frame(&frame::ip_packet(
+        src.ip(),
+        dst.ip(),
+        &Transport::Raw {
+            protocol: UDP,
+            bytes: vec![fill; 40],
+        },
+        V4Options {
+            id,
+            frag: 9,
+            ..V4Options::default()
+        },
+    ))
+}
+
 #[test]
 fn fragments_follow_their_first_fragment_or_are_dropped() {
     let Some(Setup {
@@ -310,16 +342,7 @@ fn fragments_follow_their_first_fragment_or_are_dropped() {
     else {
         return;
     };
-    let first = frame::frame(&frame::ip_packet(
-        client.ip(),
-        vip.ip(),
-        &Transport::udp(client.port(), vip.port(), &[7; 64]),
-        V4Options {
-            id: 77,
-            frag: 0x2000,
-            ..V4Options::default()
-        },
-    ));
+    let first = first_fragment(client, vip, 7, 77);
     let run = lab.ingress(&first);
     assert_eq!(run.verdict, TC_ACT_UNSPEC);
     let seen = frame::parse(&run.frame);
@@ -327,19 +350,7 @@ fn fragments_follow_their_first_fragment_or_are_dropped() {
     assert_eq!(frame::verify(&run.frame), Ok(()), "the IP header checksum");
 
     // A later fragment: no ports, but the same datagram: its destination follows.
-    let later = frame::frame(&frame::ip_packet(
-        client.ip(),
-        vip.ip(),
-        &Transport::Raw {
-            protocol: UDP,
-            bytes: vec![9; 40],
-        },
-        V4Options {
-            id: 77,
-            frag: 9,
-            ..V4Options::default()
-        },
-    ));
+    let later = later_fragment(client, vip, 9, 77);
     let run = lab.ingress(&later);
     assert_eq!(run.verdict, TC_ACT_UNSPEC);
     let seen = frame::parse(&run.frame);
@@ -352,49 +363,16 @@ fn fragments_follow_their_first_fragment_or_are_dropped() {
     );
 
     // A later fragment of a datagram whose first fragment never came: never misrouted.
-    let stray = frame::frame(&frame::ip_packet(
-        client.ip(),
-        vip.ip(),
-        &Transport::Raw {
-            protocol: UDP,
-            bytes: vec![9; 40],
-        },
-        V4Options {
-            id: 78,
-            frag: 9,
-            ..V4Options::default()
-        },
-    ));
+    let stray = later_fragment(client, vip, 9, 78);
     dropped(&lab.ingress(&stray));
     assert_eq!(lab.counter(tc_counter::FRAGMENT_UNKNOWN), 1);
 
     // The reply in fragments: both pieces show the service address.
-    let first_reply = frame::frame(&frame::ip_packet(
-        endpoint.ip(),
-        client.ip(),
-        &Transport::udp(endpoint.port(), client.port(), &[5; 64]),
-        V4Options {
-            id: 900,
-            frag: 0x2000,
-            ..V4Options::default()
-        },
-    ));
+    let first_reply = first_fragment(endpoint, client, 5, 900);
     let run = lab.egress(&first_reply);
     let seen = frame::parse(&run.frame);
     assert_eq!(at(seen.src, seen.sport), vip);
-    let later_reply = frame::frame(&frame::ip_packet(
-        endpoint.ip(),
-        client.ip(),
-        &Transport::Raw {
-            protocol: UDP,
-            bytes: vec![5; 40],
-        },
-        V4Options {
-            id: 900,
-            frag: 9,
-            ..V4Options::default()
-        },
-    ));
+    let later_reply = later_fragment(endpoint, client, 5, 900);
     let run = lab.egress(&later_reply);
     assert_eq!(frame::parse(&run.frame).src, vip.ip());
     assert_eq!(frame::verify(&run.frame), Ok(()));
