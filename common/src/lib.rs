@@ -26,10 +26,12 @@ pub mod maps {
     pub const SETTINGS: &str = "WEFT_SETTINGS_V1";
     pub const SOCK_NAT: &str = "WEFT_SOCKNAT_V1";
     pub const COUNTERS: &str = "WEFT_COUNTERS_V1";
+    pub const SOCK_UDP: &str = "WEFT_SOCKUDP_V1";
 
     /// Every map weft pins.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         SERVICES, BACKENDS, MAGLEV, REVNAT, EVENTS, CONNS, LOST, SETTINGS, SOCK_NAT, COUNTERS,
+        SOCK_UDP,
     ];
 
     /// Services (address, port, protocol) the kernel translates.
@@ -334,6 +336,30 @@ pub struct SockNat {
     pub entries: [SockNatEntry; SOCK_NAT_SLOTS],
 }
 
+/// What one UDP socket sent to and received from one endpoint, in the slot of its
+/// `SockNat` entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct UdpTraffic {
+    /// CLOCK_BOOTTIME nanoseconds of the socket's first datagram to the endpoint.
+    pub opened_ns: u64,
+    pub datagrams_out: u64,
+    /// UDP payload bytes (a GSO send counts each segment's payload once).
+    pub bytes_out: u64,
+    pub datagrams_in: u64,
+    pub bytes_in: u64,
+}
+
+/// Value of `WEFT_SOCKUDP_V1`, socket storage beside `WEFT_SOCKNAT_V1`: the traffic of a
+/// translated UDP socket per translation slot, reported when the socket is released. A map
+/// of its own so that the translation record keeps its layout (and its pinned map) across
+/// upgrades.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockUdp {
+    pub slots: [UdpTraffic; SOCK_NAT_SLOTS],
+}
+
 /// What happened to a translated TCP connection (`ConnRecord::kind` of an event).
 pub mod event {
     /// The handshake completed.
@@ -393,6 +419,13 @@ pub mod conn_flags {
     pub const FIN_RECEIVED: u8 = 4;
     /// The handshake completed (the SYN is counted in `bytes_acked`).
     pub const ESTABLISHED: u8 = 8;
+    /// A UDP socket's traffic with one endpoint, not a TCP connection: opened at its first
+    /// translated datagram, closed when the socket is released; the counters are payload
+    /// bytes (`bytes_acked` out, `bytes_received` in) and datagrams (`segs_out`, `segs_in`).
+    pub const UDP: u8 = 16;
+    /// A flow of the TC path, reported by the agent's flow expiry (never by the kernel):
+    /// the counters are IP bytes and packets each way.
+    pub const TC: u8 = 32;
 }
 
 #[cfg(feature = "user")]
@@ -408,6 +441,7 @@ mod pod {
     unsafe impl aya::Pod for RevNatValue {}
     unsafe impl aya::Pod for ConnRecord {}
     unsafe impl aya::Pod for SockNat {}
+    unsafe impl aya::Pod for SockUdp {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for FragKey {}

@@ -7,17 +7,19 @@
 #![allow(internal_features)]
 
 mod addr;
+mod events;
 mod maps;
 mod reverse;
 mod select;
 mod sock_addr;
 mod sock_nat;
 mod sock_ops;
+mod sock_udp;
 mod tc;
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr, classifier, sock_ops},
-    programs::{SockAddrContext, SockContext, SockOpsContext, TcContext},
+    macros::{cgroup_sock, cgroup_sock_addr, cgroup_skb, classifier, sock_ops},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext, TcContext},
 };
 
 // Function names differ from their section names on purpose: bpf-linker mis-links a
@@ -68,6 +70,17 @@ pub fn weft_sock_release(ctx: SockContext) -> i32 {
     sock_nat::forget(&ctx);
     // A release cannot be refused; 1 is the only valid verdict.
     1
+}
+
+/// Datagrams of translated UDP sockets, counted on their way out and in.
+#[cgroup_skb(egress)]
+pub fn weft_udp_egress(ctx: SkBuffContext) -> i32 {
+    sock_udp::count(&ctx, sock_udp::Direction::Egress)
+}
+
+#[cgroup_skb(ingress)]
+pub fn weft_udp_ingress(ctx: SkBuffContext) -> i32 {
+    sock_udp::count(&ctx, sock_udp::Direction::Ingress)
 }
 
 #[sock_ops]

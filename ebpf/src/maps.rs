@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use weft_common::{
     BPF_F_NO_PREALLOC, Backend, ConnRecord, MaglevChunk, MaglevKey, RevNatKey, RevNatValue,
-    ServiceKey, ServiceValue, SockNat, counter, maps,
+    ServiceKey, ServiceValue, SockNat, SockUdp, counter, maps,
 };
 
 #[map(name = "WEFT_SERVICE_V1")]
@@ -44,6 +44,10 @@ pub static SETTINGS: Array<u32> = Array::pinned(1, 0);
 /// with the socket). A BTF map: socket storage needs the key and value types described.
 #[btf_map(name = "WEFT_SOCKNAT_V1", pin_by_name)]
 pub static SOCK_NAT: SkStorage<SockNat> = SkStorage::new();
+
+/// Per-socket traffic of translated UDP sockets, slot by slot beside `SOCK_NAT`.
+#[btf_map(name = "WEFT_SOCKUDP_V1", pin_by_name)]
+pub static SOCK_UDP: SkStorage<SockUdp> = SkStorage::new();
 
 /// Event counts (`weft_common::counter` indexes), per CPU; the agent reports the sums.
 #[map(name = "WEFT_COUNTERS_V1")]

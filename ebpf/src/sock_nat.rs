@@ -13,12 +13,14 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
 };
 use weft_common::{
-    Addr, PROTO_TCP, RevNatKey, RevNatValue, SOCK_NAT_SLOTS, SockNat, SockNatEntry, counter,
+    Addr, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValue, SOCK_NAT_SLOTS, SockNat, SockNatEntry, counter,
 };
 
 use crate::{
+    addr,
     maps::{REVNAT, SOCK_NAT, count},
     sock_addr::Peer,
+    sock_udp,
 };
 
 /// Notes a translation in the socket's record: always when the shared entry is new or
@@ -56,17 +58,26 @@ fn remember(ctx: &SockAddrContext, peer: &Peer, translation: &RevNatValue) {
             known = true;
         }
     }
+    let udp = addr::protocol(ctx) == u32::from(PROTO_UDP);
+    // SAFETY: the context's socket, a fixed-offset load the verifier checks.
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
     // Past SOCK_NAT_SLOTS endpoints the oldest slot is reused, and its shared entry goes
     // with it: replies from that endpoint then show its own address (documented), but no
     // entry outlives the record that would remove it.
     if !known && record.written as usize >= SOCK_NAT_SLOTS {
-        let old = &record.entries[slot];
+        let old = record.entries[slot];
         let key = RevNatKey::new(peer.cookie, old.endpoint, old.endpoint_port, old.family);
         let _ = REVNAT.remove(&key);
+        if udp {
+            sock_udp::reused(sk, peer.cookie, slot, &old);
+        }
     }
     record.entries[slot] = entry;
     if !known {
         record.written = record.written.wrapping_add(1);
+        if udp {
+            sock_udp::opened(sk, peer.cookie, slot, &entry);
+        }
     }
 }
 
@@ -104,7 +115,8 @@ const TCP_CLOSE: u32 = 7;
 pub fn forget(ctx: &SockContext) {
     let sk: *mut bpf_sock = ctx.sock;
     // SAFETY: fixed-offset context loads the verifier checks.
-    let closed_tcp = unsafe { (*sk).protocol == u32::from(PROTO_TCP) && (*sk).state == TCP_CLOSE };
+    let (protocol, state) = unsafe { ((*sk).protocol, (*sk).state) };
+    let closed_tcp = protocol == u32::from(PROTO_TCP) && state == TCP_CLOSE;
     // SAFETY: the map pointer is the map's own definition (what the loader relocates);
     // sock_release programs may look up storage of the socket they run for, without creating.
     let record = unsafe {
@@ -129,6 +141,9 @@ pub fn forget(ctx: &SockContext) {
         if REVNAT.remove(&key).is_err() && !closed_tcp {
             count(counter::REVNAT_EVICTED);
         }
+    }
+    if protocol == u32::from(PROTO_UDP) {
+        sock_udp::released(sk, cookie, record);
     }
 }
 

@@ -11,9 +11,12 @@ use aya_ebpf::{
     helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
     programs::SockOpsContext,
 };
-use weft_common::{ConnRecord, FAMILY_V4, FAMILY_V6, RevNatKey, conn_flags, event, settings};
+use weft_common::{ConnRecord, FAMILY_V4, FAMILY_V6, RevNatKey, conn_flags, event};
 
-use crate::maps::{CONNS, EVENTS, LOST, REVNAT, SETTINGS};
+use crate::{
+    events::{connection_stats_off, emit},
+    maps::{CONNS, REVNAT},
+};
 
 const AF_INET: u32 = 2;
 
@@ -89,13 +92,6 @@ fn translated(ctx: &SockOpsContext) -> Option<ConnRecord> {
     record.service_id = translation.service_id;
     record.backend_id = translation.backend_id;
     Some(record)
-}
-
-#[inline(always)]
-fn connection_stats_off() -> bool {
-    SETTINGS
-        .get(0)
-        .is_some_and(|bits| bits & settings::CONNECTION_STATS_OFF != 0)
 }
 
 /// The reverse-NAT entry connect4/6 wrote for this socket: keyed by cookie and endpoint.
@@ -270,38 +266,4 @@ fn fill_addresses(ctx: &SockOpsContext, record: &mut ConnRecord) {
     // 16 bits.
     record.src_port = (local_port as u16).to_be();
     record.dst_port = (remote_port >> 16) as u16;
-}
-
-/// `bpf_ringbuf_output` flags and the `bpf_ringbuf_query` selector (uapi/linux/bpf.h).
-const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
-
-/// Unread bytes past which an event wakes the agent even though it would not need to: a
-/// quarter of the ring, so a burst is read long before the ring overflows.
-const WAKE_AT_PENDING_BYTES: u64 = weft_common::maps::EVENTS_BYTES as u64 / 4;
-
-/// Sends a copy of the record to the ring buffer; a full ring counts the loss.
-///
-/// Waking the agent for every event costs a context switch per connection on the very CPUs
-/// the connections run on (measured: a third of the connection rate). So opened and closed
-/// events wake nobody: the agent collects them on a short timer. A connect failure wakes it
-/// at once, because passive failure detection reacts to it; a ring filling up does too.
-#[inline(always)]
-fn emit(record: &ConnRecord, kind: u8) {
-    let mut out = *record;
-    out.kind = kind;
-    let wakeup = if kind == event::CONNECT_FAILED
-        || EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKE_AT_PENDING_BYTES
-    {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    if EVENTS.output(&out, wakeup).is_err()
-        && let Some(lost) = LOST.get_ptr_mut(0)
-    {
-        // SAFETY: this CPU's slot of a per-CPU array; no other writer runs here concurrently.
-        unsafe { *lost += 1 };
-    }
 }

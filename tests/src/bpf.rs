@@ -14,7 +14,9 @@ const BPF_MAP_GET_FD_BY_ID: i64 = 14;
 const BPF_LINK_GET_FD_BY_ID: i64 = 30;
 
 /// The socket hooks weft attaches to, as bpf_attach_type numbers with their names.
-pub const SOCKET_HOOKS: [(u32, &str); 10] = [
+pub const SOCKET_HOOKS: [(u32, &str); 12] = [
+    (0, "inet_ingress"),
+    (1, "inet_egress"),
     (3, "sock_ops"),
     (10, "connect4"),
     (11, "connect6"),

@@ -532,7 +532,7 @@ fn every_json_output_parses_and_follow_prints_one_event_per_line() {
 
     let status = agent.cli_json(&["status"]);
     assert_eq!(status["ready"], true);
-    assert_eq!(status["programs"].as_array().unwrap().len(), 10);
+    assert_eq!(status["programs"].as_array().unwrap().len(), 12);
     assert!(status["maps"].as_array().unwrap().len() >= 6);
     assert_eq!(agent.cli_json(&["endpoints"]).as_array().unwrap().len(), 2);
     assert_eq!(agent.cli_json(&["stats"])["services"][0]["service"], "web");
@@ -611,4 +611,83 @@ fn the_cli_names_the_socket_it_tried_when_no_agent_runs() {
         script.contains("conns") && script.contains("--follow"),
         "{script}"
     );
+}
+
+/// UDP has no connection for sock_ops to follow: a translated socket's traffic with each
+/// endpoint is counted instead (sockets at their first datagram, datagrams and payload bytes
+/// both ways when the socket is released), in the metrics and `weft stats`.
+#[test]
+fn udp_sockets_are_counted_with_their_datagrams_and_bytes() {
+    let Some(mut env) = weft_tests::setup("stats-udp") else {
+        return;
+    };
+    env.backends.udp(&env.netns, "127.0.0.2:5353", "a");
+    env.start_agent(
+        "services:\n  - name: dns\n    address: 10.96.0.53\n    port: 53\n    protocol: udp\n    health: { kind: none }\n    endpoints:\n      - { address: 127.0.0.2, port: 5353 }\nstats: { endpoint_metrics: true }\n",
+    );
+    const QUERIES: usize = 20;
+    const QUERY: usize = 100;
+    // The backend answers every datagram with its name: one byte.
+    const ANSWER: usize = 1;
+    let service: SocketAddr = "10.96.0.53:53".parse().unwrap();
+    let labels = [("service", "dns"), ("endpoint", "127.0.0.2:5353")];
+    let before = metrics::scrape(&env.netns);
+    env.client(move || {
+        // One connected socket (send/recv: no sendmsg hook runs after the connect) and one
+        // unconnected (send_to each time): both are counted.
+        let connected = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        connected.connect(service).expect("connect");
+        let unconnected = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        for socket in [&connected, &unconnected] {
+            socket
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+        }
+        let mut answer = [0u8; 64];
+        for _ in 0..QUERIES {
+            connected.send(&[1u8; QUERY]).expect("send");
+            assert_eq!(connected.recv(&mut answer).expect("answer"), ANSWER);
+            unconnected.send_to(&[2u8; QUERY], service).expect("send_to");
+            let (n, from) = unconnected.recv_from(&mut answer).expect("answer");
+            assert_eq!((n, from), (ANSWER, service));
+        }
+    });
+    let after = scrape_until(&env, "both sockets released", |s| {
+        s.value("weft_endpoint_udp_sockets_closed_total", &labels)
+            >= before.value("weft_endpoint_udp_sockets_closed_total", &labels) + 2.0
+    });
+    let delta = |name: &str| after.value(name, &labels) - before.value(name, &labels);
+    assert_eq!(delta("weft_endpoint_udp_sockets_opened_total"), 2.0);
+    assert_eq!(delta("weft_endpoint_udp_sockets_closed_total"), 2.0);
+    assert_eq!(
+        delta("weft_endpoint_udp_datagrams_sent_total"),
+        (2 * QUERIES) as f64
+    );
+    assert_eq!(
+        delta("weft_endpoint_udp_datagrams_received_total"),
+        (2 * QUERIES) as f64
+    );
+    assert_eq!(
+        delta("weft_endpoint_udp_sent_bytes_total"),
+        (2 * QUERIES * QUERY) as f64
+    );
+    assert_eq!(
+        delta("weft_endpoint_udp_received_bytes_total"),
+        (2 * QUERIES * ANSWER) as f64
+    );
+    // UDP traffic is not counted as TCP, and the service is in `weft stats` too.
+    assert_eq!(
+        after.find("weft_tcp_connections_opened_total", &[("service", "dns")]),
+        None
+    );
+    let stats = env.agent().cli_json(&["stats"]);
+    let dns = stats["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find(|s| s["service"] == "dns")
+        .unwrap_or_else(|| panic!("dns not in {stats:#}"));
+    assert_eq!(dns["connections_opened"], 2, "{dns:#}");
+    assert_eq!(dns["bytes_sent"], (2 * QUERIES * QUERY) as u64, "{dns:#}");
+    assert_eq!(dns["mean_srtt_us"], Value::Null, "UDP has no round trip: {dns:#}");
 }

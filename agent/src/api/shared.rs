@@ -15,7 +15,7 @@ use std::{
 };
 
 use tokio::sync::{Mutex, broadcast, watch};
-use weft_common::{ConnRecord, event, maps as names};
+use weft_common::{ConnRecord, conn_flags, event, maps as names};
 
 use super::{
     AgentInfo, DatapathHealth,
@@ -397,8 +397,11 @@ impl Shared {
             total.failed += t.failed;
             total.sent += t.sent;
             total.received += t.received;
+            total.packets_sent += t.packets_sent;
+            total.packets_received += t.packets_received;
             total.duration_us += t.duration_us;
             total.srtt_us += t.srtt_us;
+            total.rtt_samples += t.rtt_samples;
             open += sample.open_per_service.get(&s.id).copied().unwrap_or(0);
         }
         StatsView {
@@ -435,9 +438,10 @@ fn endpoint_view(s: &ServiceState, i: usize) -> EndpointView {
     }
 }
 
-/// Totals as the admin API shows them: means over closed connections.
+/// Totals as the admin API shows them: means over closed connections (the round-trip time
+/// over those that have one).
 fn conn_stats(t: &Totals, open: u64) -> ConnStats {
-    let mean = |sum: u64| (t.closed > 0).then(|| sum as f64 / t.closed as f64);
+    let mean = |sum: u64, n: u64| (n > 0).then(|| sum as f64 / n as f64);
     ConnStats {
         connections_opened: t.opened,
         connections_closed: t.closed,
@@ -445,8 +449,8 @@ fn conn_stats(t: &Totals, open: u64) -> ConnStats {
         connections_open: open,
         bytes_sent: t.sent,
         bytes_received: t.received,
-        mean_duration_ms: mean(t.duration_us).map(|us| us / 1e3),
-        mean_srtt_us: mean(t.srtt_us),
+        mean_duration_ms: mean(t.duration_us, t.closed).map(|us| us / 1e3),
+        mean_srtt_us: mean(t.srtt_us, t.rtt_samples),
     }
 }
 
@@ -498,7 +502,7 @@ fn conn_view(service: &str, endpoint: SocketAddr, r: &ConnRecord, now_ns: u64) -
         endpoint,
         src: record::source(r),
         dst: record::destination(r),
-        state: record::state_name(r.state).to_string(),
+        state: record::state(r).to_string(),
         bytes_sent: record::bytes_sent(r),
         bytes_received: record::bytes_received(r),
         srtt_us: r.srtt_us,
@@ -507,6 +511,10 @@ fn conn_view(service: &str, endpoint: SocketAddr, r: &ConnRecord, now_ns: u64) -
         segs_in: r.segs_in,
         segs_out: r.segs_out,
         cookie: r.cookie,
-        path: ConnPath::Socket,
+        path: if r.flags & conn_flags::TC != 0 {
+            ConnPath::Tc
+        } else {
+            ConnPath::Socket
+        },
     }
 }

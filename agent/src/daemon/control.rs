@@ -636,16 +636,17 @@ fn spawn_reader(
     }
     let ring = datapath.take_events();
     let expiry = datapath.take_flow_expiry();
-    let sinks = sinks.clone();
+    let event_sinks = sinks.clone();
+    let flow_sinks = sinks.clone();
     wiring.io.spawn(async move {
         let events = async move {
             if let Some(ring) = ring {
-                stats::events::run(ring, sinks).await;
+                stats::events::run(ring, event_sinks).await;
             }
         };
         let flows = async move {
             if let Some(expiry) = expiry {
-                expire_flows(expiry).await;
+                expire_flows(expiry, flow_sinks).await;
             }
         };
         tokio::join!(events, flows);
@@ -658,8 +659,9 @@ fn spawn_reader(
 const FLOW_SWEEP: Duration = Duration::from_secs(5);
 
 /// Expires old TC flows until aborted (with the rest of the reader), off the runtime's
-/// threads: a walk is blocking syscalls.
-async fn expire_flows(mut expiry: datapath::FlowExpiry) {
+/// threads: a walk is blocking syscalls. The flows each walk saw start and end are counted
+/// like the socket path's connections.
+async fn expire_flows(mut expiry: datapath::FlowExpiry, sinks: stats::events::Sinks) {
     let mut tick = tokio::time::interval(FLOW_SWEEP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -671,6 +673,8 @@ async fn expire_flows(mut expiry: datapath::FlowExpiry) {
         .await;
         match swept {
             Ok((back, sweep)) => {
+                // TC records carry no connect outcome: nothing goes to passive detection.
+                let _ = stats::events::count(&stats::flows::records(&sweep), &sinks);
                 if sweep.expired > 0 {
                     debug!(
                         flows = sweep.flows,

@@ -15,7 +15,8 @@ use std::{
 use aya::{
     Ebpf,
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, SockOps, links::FdLink,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+        ProgramError, SockOps, links::FdLink,
     },
 };
 
@@ -46,9 +47,15 @@ pub const SOCK_OPS: &str = "weft_sock_ops";
 /// Runs when a socket is released: removes the reverse-NAT entries it created.
 pub const SOCK_RELEASE: &str = "weft_sock_release";
 
-/// Every program weft attaches, in attach order.
+/// Count the datagrams of translated UDP sockets, out and in (cgroup skb).
+pub const UDP_ACCOUNTING: [&str; 2] = ["weft_udp_egress", "weft_udp_ingress"];
+
+/// Every program weft attaches to the cgroup.
 pub fn all_programs() -> impl Iterator<Item = &'static str> {
-    PROGRAMS.into_iter().chain([SOCK_OPS, SOCK_RELEASE])
+    PROGRAMS
+        .into_iter()
+        .chain([SOCK_OPS, SOCK_RELEASE])
+        .chain(UDP_ACCOUNTING)
 }
 
 pub fn attach_all(
@@ -61,7 +68,7 @@ pub fn attach_all(
         path: cgroup.to_path_buf(),
         error,
     })?;
-    let mut attachments = Vec::with_capacity(PROGRAMS.len() + 2);
+    let mut attachments = Vec::with_capacity(PROGRAMS.len() + 4);
     // The release program first: a socket translated from the moment connect4/sendmsg
     // attach must find it at its release.
     attachments.push(attach_one::<CgroupSock>(
@@ -78,6 +85,11 @@ pub fn attach_all(
     attachments.push(attach_one::<SockOps>(
         ebpf, SOCK_OPS, &cgroup_fd, links_dir,
     )?);
+    for name in UDP_ACCOUNTING {
+        attachments.push(attach_one::<CgroupSkb>(
+            ebpf, name, &cgroup_fd, links_dir,
+        )?);
+    }
     Ok(attachments)
 }
 
@@ -109,6 +121,25 @@ macro_rules! cgroup_program {
 }
 
 cgroup_program!(CgroupSock);
+
+/// A cgroup skb program attaches the way its section names (`cgroup_skb/egress`).
+impl CgroupProgram for CgroupSkb {
+    fn load_program(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+
+    fn raw_fd(&self) -> Result<i32, ProgramError> {
+        Ok(self.fd()?.as_fd().as_raw_fd())
+    }
+
+    fn attach_link(&mut self, cgroup: &File) -> Result<FdLink, ProgramError> {
+        let direction = self
+            .expected_attach_type()
+            .unwrap_or(CgroupSkbAttachType::Egress);
+        let id = self.attach(cgroup, direction, CgroupAttachMode::Single)?;
+        Ok(FdLink::try_from(self.take_link(id)?)?)
+    }
+}
 cgroup_program!(CgroupSockAddr);
 cgroup_program!(SockOps);
 

@@ -10,7 +10,12 @@
 //!   find their endpoint); 60 s for a handshake that never completed; 6 h idle otherwise.
 //! - UDP: 60 s idle.
 
-use std::{collections::HashMap as StdHashMap, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    net::SocketAddr,
+    path::Path,
+    time::Duration,
+};
 
 use aya::maps::{HashMap, MapData};
 use weft_common::{FlowKey, FlowValue, PROTO_TCP, flow_dir, flow_flags, maps as names};
@@ -186,16 +191,24 @@ impl FlowReader {
     }
 }
 
-/// Deletes flows past their timeout, from a handle of its own on the pinned map.
+/// Deletes flows past their timeout, from a handle of its own on the pinned map, and
+/// reports the flows it saw start and end (for the per-service statistics).
 pub struct FlowExpiry {
     map: HashMap<MapData, FlowKey, FlowValue>,
+    /// Flows already reported as answered: the client key and its creation time (a new
+    /// flow on the same key is another flow).
+    answered: HashSet<(FlowKey, u64)>,
 }
 
-/// What one sweep did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What one sweep did and saw.
+#[derive(Debug, Default, Clone)]
 pub struct Sweep {
     pub flows: usize,
     pub expired: usize,
+    /// Flows whose endpoint answered, seen so for the first time.
+    pub answered: Vec<Flow>,
+    /// Flows removed, with the counters the walk read.
+    pub ended: Vec<Flow>,
 }
 
 impl FlowExpiry {
@@ -203,7 +216,10 @@ impl FlowExpiry {
         let data = MapData::from_pin(pin).map_err(map_error(names::FLOWS))?;
         let map =
             HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_error(names::FLOWS))?;
-        Ok(FlowExpiry { map })
+        Ok(FlowExpiry {
+            map,
+            answered: HashSet::new(),
+        })
     }
 
     /// One walk: expired flows lose both entries; reply entries without a client entry
@@ -213,8 +229,16 @@ impl FlowExpiry {
         let (flows, orphans) = pair(self.map.iter().filter_map(Result::ok).collect());
         let mut sweep = Sweep {
             flows: flows.len(),
-            expired: 0,
+            ..Sweep::default()
         };
+        let mut answered = HashSet::with_capacity(self.answered.len());
+        for flow in flows.iter().filter(|f| f.reverse.is_some()) {
+            let id = (flow.key, flow.forward.created_ns);
+            if !self.answered.contains(&id) {
+                sweep.answered.push(*flow);
+            }
+            answered.insert(id);
+        }
         for flow in flows.iter().filter(|f| f.expired(now)) {
             // A flow that saw a packet (either way) since the walk read it keeps its entries:
             // the kernel refreshed it, or a new flow took the same key.
@@ -226,7 +250,10 @@ impl FlowExpiry {
             let _ = self.map.remove(&flow.key);
             let _ = self.map.remove(&flow.reverse_key());
             sweep.expired += 1;
+            answered.remove(&(flow.key, flow.forward.created_ns));
+            sweep.ended.push(*flow);
         }
+        self.answered = answered;
         for (key, value) in orphans {
             if now.saturating_sub(value.last_ns) > UDP_IDLE_TIMEOUT.as_nanos() as u64
                 && !self.changed(&key, value.last_ns)

@@ -24,9 +24,14 @@ pub struct Counters {
     pub failed: AtomicU64,
     pub sent: AtomicU64,
     pub received: AtomicU64,
+    /// Segments, datagrams or packets each way, counted at close.
+    pub packets_sent: AtomicU64,
+    pub packets_received: AtomicU64,
     /// Sums over closed connections, for the means `weft stats` shows.
     pub duration_us: AtomicU64,
     pub srtt_us: AtomicU64,
+    /// Closed connections with a round-trip time (TCP on the socket path): the mean's divisor.
+    pub rtt_samples: AtomicU64,
 }
 
 /// A snapshot of `Counters`.
@@ -37,8 +42,11 @@ pub struct Totals {
     pub failed: u64,
     pub sent: u64,
     pub received: u64,
+    pub packets_sent: u64,
+    pub packets_received: u64,
     pub duration_us: u64,
     pub srtt_us: u64,
+    pub rtt_samples: u64,
 }
 
 impl Counters {
@@ -49,8 +57,11 @@ impl Counters {
             failed: self.failed.load(Relaxed),
             sent: self.sent.load(Relaxed),
             received: self.received.load(Relaxed),
+            packets_sent: self.packets_sent.load(Relaxed),
+            packets_received: self.packets_received.load(Relaxed),
             duration_us: self.duration_us.load(Relaxed),
             srtt_us: self.srtt_us.load(Relaxed),
+            rtt_samples: self.rtt_samples.load(Relaxed),
         }
     }
 
@@ -66,9 +77,15 @@ impl Counters {
                 self.closed.fetch_add(1, Relaxed);
                 self.sent.fetch_add(record::bytes_sent(r), Relaxed);
                 self.received.fetch_add(record::bytes_received(r), Relaxed);
+                self.packets_sent.fetch_add(u64::from(r.segs_out), Relaxed);
+                self.packets_received
+                    .fetch_add(u64::from(r.segs_in), Relaxed);
                 self.duration_us
                     .fetch_add((record::duration_s(r) * 1e6) as u64, Relaxed);
-                self.srtt_us.fetch_add(u64::from(r.srtt_us), Relaxed);
+                if record::is_socket_tcp(r) {
+                    self.srtt_us.fetch_add(u64::from(r.srtt_us), Relaxed);
+                    self.rtt_samples.fetch_add(1, Relaxed);
+                }
             }
             _ => {}
         }
@@ -121,7 +138,9 @@ impl ServiceCounters {
         if r.kind == event::CLOSED {
             let histograms = kept.histograms.get_or_init(Histograms::default);
             histograms.duration.observe(record::duration_s(r));
-            histograms.srtt.observe(f64::from(r.srtt_us) / 1e6);
+            if record::is_socket_tcp(r) {
+                histograms.srtt.observe(f64::from(r.srtt_us) / 1e6);
+            }
         }
     }
 

@@ -84,6 +84,9 @@ pub fn count(batch: &[ConnRecord], sinks: &Sinks) -> Vec<ConnectOutcome> {
                 record: *r,
             });
         }
+        if !record::is_socket_tcp(r) {
+            continue;
+        }
         let ok = match r.kind {
             event::ESTABLISHED => true,
             event::CONNECT_FAILED => false,

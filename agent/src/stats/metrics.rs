@@ -22,6 +22,7 @@ use prometheus_client::{
 
 use super::{KernelSample, Totals};
 use crate::{
+    config::Protocol,
     datapath::KernelCounters,
     health::State,
     store::{ServiceState, Snapshot},
@@ -266,6 +267,97 @@ impl fmt::Debug for ServiceCollector {
     }
 }
 
+/// A traffic counter, exported per service (`weft_<name>`) and per endpoint
+/// (`weft_endpoint_<name>`) for the services of one protocol: TCP services count
+/// connections, UDP services sockets and flows, each from both paths.
+struct Traffic {
+    protocol: Protocol,
+    name: &'static str,
+    help: &'static str,
+    unit: Option<Unit>,
+    value: fn(&Totals) -> u64,
+}
+
+const TRAFFIC: [Traffic; 11] = [
+    Traffic {
+        protocol: Protocol::Tcp,
+        name: "tcp_connections_opened",
+        help: "Translated TCP connections established (socket path) and TC flows whose endpoint answered",
+        unit: None,
+        value: |t| t.opened,
+    },
+    Traffic {
+        protocol: Protocol::Tcp,
+        name: "tcp_connections_closed",
+        help: "Translated TCP connections closed after being established, and TC flows ended",
+        unit: None,
+        value: |t| t.closed,
+    },
+    Traffic {
+        protocol: Protocol::Tcp,
+        name: "tcp_connect_failures",
+        help: "Translated TCP connects that failed (refused or timed out), and TC flows the endpoint never answered",
+        unit: None,
+        value: |t| t.failed,
+    },
+    Traffic {
+        protocol: Protocol::Tcp,
+        name: "tcp_sent",
+        help: "Bytes sent to the endpoints, counted when a connection closes: payload acknowledged on the socket path, IP bytes on the TC path",
+        unit: Some(Unit::Bytes),
+        value: |t| t.sent,
+    },
+    Traffic {
+        protocol: Protocol::Tcp,
+        name: "tcp_received",
+        help: "Bytes received from the endpoints, counted when a connection closes: payload on the socket path, IP bytes on the TC path",
+        unit: Some(Unit::Bytes),
+        value: |t| t.received,
+    },
+    Traffic {
+        protocol: Protocol::Udp,
+        name: "udp_sockets_opened",
+        help: "Translated UDP sockets (socket path: once per endpoint a socket sends to) and TC flows whose endpoint answered",
+        unit: None,
+        value: |t| t.opened,
+    },
+    Traffic {
+        protocol: Protocol::Udp,
+        name: "udp_sockets_closed",
+        help: "Translated UDP sockets released and TC flows expired",
+        unit: None,
+        value: |t| t.closed,
+    },
+    Traffic {
+        protocol: Protocol::Udp,
+        name: "udp_sent",
+        help: "Bytes sent to the endpoints, counted when the socket or flow ends: payload on the socket path, IP bytes on the TC path",
+        unit: Some(Unit::Bytes),
+        value: |t| t.sent,
+    },
+    Traffic {
+        protocol: Protocol::Udp,
+        name: "udp_received",
+        help: "Bytes received from the endpoints, counted when the socket or flow ends: payload on the socket path, IP bytes on the TC path",
+        unit: Some(Unit::Bytes),
+        value: |t| t.received,
+    },
+    Traffic {
+        protocol: Protocol::Udp,
+        name: "udp_datagrams_sent",
+        help: "Datagrams sent to the endpoints, counted when the socket or flow ends",
+        unit: None,
+        value: |t| t.packets_sent,
+    },
+    Traffic {
+        protocol: Protocol::Udp,
+        name: "udp_datagrams_received",
+        help: "Datagrams received from the endpoints, counted when the socket or flow ends",
+        unit: None,
+        value: |t| t.packets_received,
+    },
+];
+
 /// A series of one family: its value for a service, or an endpoint of it.
 type ServiceValue = fn(&ServiceState, &KernelSample) -> u64;
 type EndpointValue = fn(&ServiceState, usize, &Totals, &KernelSample) -> u64;
@@ -290,45 +382,14 @@ impl Collector for ServiceCollector {
         let mut services: Vec<&Arc<ServiceState>> = view.iter().collect();
         services.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
 
-        let counters: [(&str, &str, Option<Unit>, ServiceValue); 5] = [
-            (
-                "weft_tcp_connections_opened",
-                "Translated TCP connections established",
-                None,
-                |s, _| s.counters.totals().opened,
-            ),
-            (
-                "weft_tcp_connections_closed",
-                "Translated TCP connections closed after being established",
-                None,
-                |s, _| s.counters.totals().closed,
-            ),
-            (
-                "weft_tcp_connect_failures",
-                "Translated TCP connects that failed (refused or timed out)",
-                None,
-                |s, _| s.counters.totals().failed,
-            ),
-            (
-                "weft_tcp_sent",
-                "Payload bytes sent and acknowledged, counted when a connection closes",
-                Some(Unit::Bytes),
-                |s, _| s.counters.totals().sent,
-            ),
-            (
-                "weft_tcp_received",
-                "Payload bytes received, counted when a connection closes",
-                Some(Unit::Bytes),
-                |s, _| s.counters.totals().received,
-            ),
-        ];
-        for (name, help, unit, value) in &counters {
+        for t in &TRAFFIC {
+            let name = format!("weft_{}", t.name);
             let mut family =
-                encoder.encode_descriptor(name, help, unit.as_ref(), MetricType::Counter)?;
-            for s in &services {
+                encoder.encode_descriptor(&name, t.help, t.unit.as_ref(), MetricType::Counter)?;
+            for s in services.iter().filter(|s| s.spec.frontend.protocol == t.protocol) {
                 family
                     .encode_family(&[("service", &*s.spec.name)])?
-                    .encode_counter::<NoLabelSet, _, u64>(&value(s, &sample), None)?;
+                    .encode_counter::<NoLabelSet, _, u64>(&(t.value)(&s.counters.totals()), None)?;
             }
         }
         let gauges: [(&str, &str, ServiceValue); 4] = [
@@ -414,46 +475,16 @@ fn encode_endpoints(
             .map(|(i, e)| (i, e.address, s.counters.endpoint(e.address)))
             .collect()
     };
-    let counters: [(&str, &str, Option<Unit>, EndpointValue); 5] = [
-        (
-            "weft_endpoint_tcp_connections_opened",
-            "Translated TCP connections established, per endpoint",
-            None,
-            |_, _, t, _| t.opened,
-        ),
-        (
-            "weft_endpoint_tcp_connections_closed",
-            "Translated TCP connections closed after being established, per endpoint",
-            None,
-            |_, _, t, _| t.closed,
-        ),
-        (
-            "weft_endpoint_tcp_connect_failures",
-            "Translated TCP connects that failed, per endpoint",
-            None,
-            |_, _, t, _| t.failed,
-        ),
-        (
-            "weft_endpoint_tcp_sent",
-            "Payload bytes sent and acknowledged, per endpoint, counted at close",
-            Some(Unit::Bytes),
-            |_, _, t, _| t.sent,
-        ),
-        (
-            "weft_endpoint_tcp_received",
-            "Payload bytes received, per endpoint, counted at close",
-            Some(Unit::Bytes),
-            |_, _, t, _| t.received,
-        ),
-    ];
-    for (name, help, unit, value) in &counters {
+    for t in &TRAFFIC {
+        let name = format!("weft_endpoint_{}", t.name);
+        let help = format!("{} (per endpoint)", t.help);
         let mut family =
-            encoder.encode_descriptor(name, help, unit.as_ref(), MetricType::Counter)?;
-        for s in services {
+            encoder.encode_descriptor(&name, &help, t.unit.as_ref(), MetricType::Counter)?;
+        for s in services.iter().filter(|s| s.spec.frontend.protocol == t.protocol) {
             for (i, _, totals) in endpoints(s) {
                 family
                     .encode_family(&labels(s, i))?
-                    .encode_counter::<NoLabelSet, _, u64>(&value(s, i, &totals, sample), None)?;
+                    .encode_counter::<NoLabelSet, _, u64>(&(t.value)(&totals), None)?;
             }
         }
     }

@@ -1,10 +1,12 @@
-//! Connection statistics: kernel events resolved and counted (`events`), compact counters
+//! Connection statistics: kernel events resolved and counted (`events`), TC flows reported
+//! as the same records (`flows`), compact counters
 //! (`counters`), the kernel tables sampled (`sample`), and the Prometheus metrics built from
 //! them (`metrics`).
 
 mod counters;
 pub mod events;
 mod exposition;
+pub mod flows;
 mod metrics;
 pub mod record;
 mod sample;

@@ -25,6 +25,13 @@ pub fn bytes_received(record: &ConnRecord) -> u64 {
     record.bytes_received.saturating_sub(fin)
 }
 
+/// Whether the record is a TCP connection of the socket path: only those have a connect
+/// outcome (for passive failure detection) and a round-trip time. A UDP socket's traffic
+/// and a TC flow the agent found have neither.
+pub fn is_socket_tcp(record: &ConnRecord) -> bool {
+    record.flags & (conn_flags::UDP | conn_flags::TC) == 0
+}
+
 pub fn source(record: &ConnRecord) -> SocketAddr {
     socket(record, &record.src_addr, record.src_port)
 }
@@ -44,6 +51,18 @@ fn socket(record: &ConnRecord, addr: &weft_common::Addr, port_be: u16) -> Socket
 }
 
 /// The kernel's TCP state names (include/net/tcp_states.h), lower case.
+/// The state a record shows: the kernel's TCP state for a socket-path connection; for UDP
+/// traffic and TC flows (no socket state to read) whether it is still going.
+pub fn state(record: &ConnRecord) -> &'static str {
+    if is_socket_tcp(record) {
+        state_name(record.state)
+    } else if record.kind == weft_common::event::CLOSED {
+        "closed"
+    } else {
+        "active"
+    }
+}
+
 pub fn state_name(state: u8) -> &'static str {
     match state {
         1 => "established",
