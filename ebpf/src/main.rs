@@ -18,7 +18,7 @@ mod sock_udp;
 mod tc;
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr, cgroup_skb, classifier, sock_ops},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, classifier, sock_ops},
     programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext, TcContext},
 };
 

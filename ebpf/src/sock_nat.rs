@@ -13,7 +13,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
 };
 use weft_common::{
-    Addr, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValue, SOCK_NAT_SLOTS, SockNat, SockNatEntry, counter,
+    Addr, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValue, SOCK_NAT_SLOTS, SockNat, SockNatEntry,
+    counter,
 };
 
 use crate::{

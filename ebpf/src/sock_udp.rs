@@ -13,7 +13,7 @@ use core::{
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_SK_STORAGE_GET_F_CREATE, __sk_buff, bpf_sock},
+    bindings::{__sk_buff, BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
     helpers::generated::{bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_sk_storage_get},
     programs::SkBuffContext,
 };
@@ -125,7 +125,11 @@ fn record(cookie: u64, entry: &SockNatEntry, traffic: &UdpTraffic, now: u64) -> 
 
 #[inline(always)]
 fn saturate(n: u64) -> u32 {
-    if n > u32::MAX as u64 { u32::MAX } else { n as u32 }
+    if n > u32::MAX as u64 {
+        u32::MAX
+    } else {
+        n as u32
+    }
 }
 
 /// cgroup skb, both ways: adds a datagram of a translated UDP socket to the slot of the
@@ -254,7 +258,8 @@ fn slot_of(nat: &SockNat, datagram: &Datagram) -> Option<usize> {
         if i >= nat.written as usize {
             break;
         }
-        let same_addr = entry.endpoint == datagram.peer || (datagram.v4 && entry.endpoint == mapped);
+        let same_addr =
+            entry.endpoint == datagram.peer || (datagram.v4 && entry.endpoint == mapped);
         if same_addr && entry.endpoint_port == datagram.peer_port {
             found = Some(i);
         }
@@ -280,5 +285,5 @@ fn storage<M, T>(map: *const M, sk: *mut bpf_sock, create: bool) -> *mut T {
             flags,
         )
     }
-        .cast::<T>()
+    .cast::<T>()
 }

@@ -647,7 +647,9 @@ fn udp_sockets_are_counted_with_their_datagrams_and_bytes() {
         for _ in 0..QUERIES {
             connected.send(&[1u8; QUERY]).expect("send");
             assert_eq!(connected.recv(&mut answer).expect("answer"), ANSWER);
-            unconnected.send_to(&[2u8; QUERY], service).expect("send_to");
+            unconnected
+                .send_to(&[2u8; QUERY], service)
+                .expect("send_to");
             let (n, from) = unconnected.recv_from(&mut answer).expect("answer");
             assert_eq!((n, from), (ANSWER, service));
         }
@@ -689,5 +691,9 @@ fn udp_sockets_are_counted_with_their_datagrams_and_bytes() {
         .unwrap_or_else(|| panic!("dns not in {stats:#}"));
     assert_eq!(dns["connections_opened"], 2, "{dns:#}");
     assert_eq!(dns["bytes_sent"], (2 * QUERIES * QUERY) as u64, "{dns:#}");
-    assert_eq!(dns["mean_srtt_us"], Value::Null, "UDP has no round trip: {dns:#}");
+    assert_eq!(
+        dns["mean_srtt_us"],
+        Value::Null,
+        "UDP has no round trip: {dns:#}"
+    );
 }

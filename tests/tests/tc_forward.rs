@@ -490,3 +490,109 @@ fn without_tcx_clsact_filters_translate_are_replaced_in_place_and_reset_removes_
     assert_eq!(clsact_filters(&env, "ingress"), 0);
     assert_eq!(clsact_filters(&env, "egress"), 0);
 }
+
+/// Scrapes the agent's metrics until `done` holds, at most `within`.
+fn scrape_until(
+    env: &Env,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&weft_tests::metrics::Scrape) -> bool,
+) -> weft_tests::metrics::Scrape {
+    let deadline = Instant::now() + within;
+    loop {
+        let scrape = weft_tests::metrics::scrape(&env.netns);
+        if done(&scrape) {
+            return scrape;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not within {within:?}:\n{}",
+            scrape.0
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Forwarded traffic shows in the per-service and per-endpoint statistics like the socket
+/// path's: a TCP flow opens once its endpoint answered (the flow expiry reports it, every
+/// 5 s), and closes with its bytes when it is removed (10 s after its FINs); a UDP flow
+/// opens the same way.
+#[test]
+fn forwarded_flows_are_counted_per_service_and_endpoint() {
+    let config = web((1, 0)).replace("services:", "stats: { endpoint_metrics: true }\nservices:");
+    let Some((env, topology)) = node("tc-stats", &config) else {
+        return;
+    };
+    const FLOWS: usize = 10;
+    const BYTES: usize = 10_000;
+    let web = [("service", "web")];
+    let endpoint = [("service", "web"), ("endpoint", "10.0.2.2:8080")];
+    for _ in 0..FLOWS {
+        let (name, stream) = open(&topology, addr(WEB));
+        assert_eq!(name, "a");
+        echo(&stream, BYTES).expect("echo");
+    }
+    let dns = addr("10.96.0.53:53");
+    topology.client.run(move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        for _ in 0..3 {
+            socket.send_to(b"query", dns).expect("send");
+            let mut answer = [0u8; 16];
+            let (_, from) = socket.recv_from(&mut answer).expect("answer");
+            assert_eq!(from, dns);
+        }
+    });
+    let opened = scrape_until(&env, Duration::from_secs(8), "the flows reported", |s| {
+        s.value("weft_tcp_connections_opened_total", &web) >= FLOWS as f64
+            && s.value("weft_udp_sockets_opened_total", &[("service", "dns")]) >= 1.0
+    });
+    assert_eq!(
+        opened.value("weft_tcp_connections_opened_total", &web),
+        FLOWS as f64
+    );
+    assert_eq!(
+        opened.value("weft_endpoint_tcp_connections_opened_total", &endpoint),
+        FLOWS as f64
+    );
+    assert_eq!(
+        opened.value("weft_udp_sockets_opened_total", &[("service", "dns")]),
+        1.0
+    );
+    let closed = scrape_until(&env, Duration::from_secs(25), "the flows closed", |s| {
+        s.value("weft_tcp_connections_closed_total", &web) >= FLOWS as f64
+    });
+    assert_eq!(
+        closed.value("weft_tcp_connections_closed_total", &web),
+        FLOWS as f64
+    );
+    assert_eq!(closed.value("weft_tcp_connect_failures_total", &web), 0.0);
+    // IP bytes as the interface saw them: the payload plus headers, each way.
+    let payload = (FLOWS * BYTES) as f64;
+    for (series, at_most) in [
+        ("weft_endpoint_tcp_sent_bytes_total", 1.2),
+        ("weft_endpoint_tcp_received_bytes_total", 1.2),
+    ] {
+        let bytes = closed.value(series, &endpoint);
+        assert!(
+            bytes >= payload && bytes <= payload * at_most,
+            "{series}: {bytes} for {payload} payload bytes"
+        );
+    }
+    let stats = env.agent().cli_json(&["stats"]);
+    let row = stats["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find(|s| s["service"] == "web")
+        .cloned()
+        .unwrap_or_else(|| panic!("web not in {stats:#}"));
+    assert_eq!(row["connections_closed"], FLOWS as u64, "{row:#}");
+    assert_eq!(
+        row["mean_srtt_us"],
+        Value::Null,
+        "TC flows have no RTT: {row:#}"
+    );
+}

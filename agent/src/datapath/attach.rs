@@ -15,8 +15,8 @@ use std::{
 use aya::{
     Ebpf,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
-        ProgramError, SockOps, links::FdLink,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
+        SockOps, links::FdLink,
     },
 };
 
@@ -86,9 +86,7 @@ pub fn attach_all(
         ebpf, SOCK_OPS, &cgroup_fd, links_dir,
     )?);
     for name in UDP_ACCOUNTING {
-        attachments.push(attach_one::<CgroupSkb>(
-            ebpf, name, &cgroup_fd, links_dir,
-        )?);
+        attachments.push(attach_one::<CgroupSkb>(ebpf, name, &cgroup_fd, links_dir)?);
     }
     Ok(attachments)
 }

@@ -122,7 +122,11 @@ mod tests {
             (180, 1_500)
         );
         assert_eq!((r.segs_out, r.segs_in), (3, 2));
-        assert_eq!(r.update_ns - r.start_ns, 8_000, "lasts until the last reply");
+        assert_eq!(
+            r.update_ns - r.start_ns,
+            8_000,
+            "lasts until the last reply"
+        );
         assert!(!conn::is_socket_tcp(&r));
     }
 }

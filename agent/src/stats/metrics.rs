@@ -386,7 +386,10 @@ impl Collector for ServiceCollector {
             let name = format!("weft_{}", t.name);
             let mut family =
                 encoder.encode_descriptor(&name, t.help, t.unit.as_ref(), MetricType::Counter)?;
-            for s in services.iter().filter(|s| s.spec.frontend.protocol == t.protocol) {
+            for s in services
+                .iter()
+                .filter(|s| s.spec.frontend.protocol == t.protocol)
+            {
                 family
                     .encode_family(&[("service", &*s.spec.name)])?
                     .encode_counter::<NoLabelSet, _, u64>(&(t.value)(&s.counters.totals()), None)?;
@@ -480,7 +483,10 @@ fn encode_endpoints(
         let help = format!("{} (per endpoint)", t.help);
         let mut family =
             encoder.encode_descriptor(&name, &help, t.unit.as_ref(), MetricType::Counter)?;
-        for s in services.iter().filter(|s| s.spec.frontend.protocol == t.protocol) {
+        for s in services
+            .iter()
+            .filter(|s| s.spec.frontend.protocol == t.protocol)
+        {
             for (i, _, totals) in endpoints(s) {
                 family
                     .encode_family(&labels(s, i))?
