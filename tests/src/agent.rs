@@ -146,6 +146,18 @@ impl Agent {
     }
 
     /// `cli` with `-o json`, parsed; panics with stderr if the command fails.
+    /// One service's row of `weft stats -o json`.
+    pub fn service_stats(&self, service: &str) -> serde_json::Value {
+        let stats = self.cli_json(&["stats"]);
+        stats["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .find(|s| s["service"] == service)
+            .cloned()
+            .unwrap_or_else(|| panic!("{service} not in {stats:#}"))
+    }
+
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
         let mut args = args.to_vec();
         args.extend(["-o", "json"]);

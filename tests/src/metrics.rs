@@ -3,7 +3,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::NetNs;
@@ -35,6 +35,29 @@ pub fn get_accepting(netns: &NetNs, path: &str, accept: &str) -> (u16, String) {
             .expect("status code");
         (status, body.to_string())
     })
+}
+
+/// Scrapes until `done` holds (the agent counts asynchronously), at most `within`; fails
+/// naming `what` with the last scrape.
+pub fn scrape_until(
+    netns: &NetNs,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&Scrape) -> bool,
+) -> Scrape {
+    let deadline = Instant::now() + within;
+    loop {
+        let scrape = scrape(netns);
+        if done(&scrape) {
+            return scrape;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not within {within:?}:\n{}",
+            scrape.0
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 pub fn scrape(netns: &NetNs) -> Scrape {

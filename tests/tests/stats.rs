@@ -43,19 +43,7 @@ fn web_a() -> [(&'static str, &'static str); 2] {
 
 /// Scrapes until `done` holds (events reach the agent asynchronously), at most 10 s.
 fn scrape_until(env: &Env, what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let scrape = metrics::scrape(&env.netns);
-        if done(&scrape) {
-            return scrape;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} not reached within 10 s:\n{}",
-            scrape.0
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    metrics::scrape_until(&env.netns, Duration::from_secs(10), what, done)
 }
 
 #[test]
@@ -682,13 +670,7 @@ fn udp_sockets_are_counted_with_their_datagrams_and_bytes() {
         after.find("weft_tcp_connections_opened_total", &[("service", "dns")]),
         None
     );
-    let stats = env.agent().cli_json(&["stats"]);
-    let dns = stats["services"]
-        .as_array()
-        .expect("services")
-        .iter()
-        .find(|s| s["service"] == "dns")
-        .unwrap_or_else(|| panic!("dns not in {stats:#}"));
+    let dns = env.agent().service_stats("dns");
     assert_eq!(dns["connections_opened"], 2, "{dns:#}");
     assert_eq!(dns["bytes_sent"], (2 * QUERIES * QUERY) as u64, "{dns:#}");
     assert_eq!(

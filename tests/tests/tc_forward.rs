@@ -491,28 +491,6 @@ fn without_tcx_clsact_filters_translate_are_replaced_in_place_and_reset_removes_
     assert_eq!(clsact_filters(&env, "egress"), 0);
 }
 
-/// Scrapes the agent's metrics until `done` holds, at most `within`.
-fn scrape_until(
-    env: &Env,
-    within: Duration,
-    what: &str,
-    done: impl Fn(&weft_tests::metrics::Scrape) -> bool,
-) -> weft_tests::metrics::Scrape {
-    let deadline = Instant::now() + within;
-    loop {
-        let scrape = weft_tests::metrics::scrape(&env.netns);
-        if done(&scrape) {
-            return scrape;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} not within {within:?}:\n{}",
-            scrape.0
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Forwarded traffic shows in the per-service and per-endpoint statistics like the socket
 /// path's: a TCP flow opens once its endpoint answered (the flow expiry reports it, every
 /// 5 s), and closes with its bytes when it is removed (10 s after its FINs); a UDP flow
@@ -545,10 +523,15 @@ fn forwarded_flows_are_counted_per_service_and_endpoint() {
             assert_eq!(from, dns);
         }
     });
-    let opened = scrape_until(&env, Duration::from_secs(8), "the flows reported", |s| {
-        s.value("weft_tcp_connections_opened_total", &web) >= FLOWS as f64
-            && s.value("weft_udp_sockets_opened_total", &[("service", "dns")]) >= 1.0
-    });
+    let opened = weft_tests::metrics::scrape_until(
+        &env.netns,
+        Duration::from_secs(8),
+        "the flows reported",
+        |s| {
+            s.value("weft_tcp_connections_opened_total", &web) >= FLOWS as f64
+                && s.value("weft_udp_sockets_opened_total", &[("service", "dns")]) >= 1.0
+        },
+    );
     assert_eq!(
         opened.value("weft_tcp_connections_opened_total", &web),
         FLOWS as f64
@@ -561,9 +544,12 @@ fn forwarded_flows_are_counted_per_service_and_endpoint() {
         opened.value("weft_udp_sockets_opened_total", &[("service", "dns")]),
         1.0
     );
-    let closed = scrape_until(&env, Duration::from_secs(25), "the flows closed", |s| {
-        s.value("weft_tcp_connections_closed_total", &web) >= FLOWS as f64
-    });
+    let closed = weft_tests::metrics::scrape_until(
+        &env.netns,
+        Duration::from_secs(25),
+        "the flows closed",
+        |s| s.value("weft_tcp_connections_closed_total", &web) >= FLOWS as f64,
+    );
     assert_eq!(
         closed.value("weft_tcp_connections_closed_total", &web),
         FLOWS as f64
@@ -581,14 +567,7 @@ fn forwarded_flows_are_counted_per_service_and_endpoint() {
             "{series}: {bytes} for {payload} payload bytes"
         );
     }
-    let stats = env.agent().cli_json(&["stats"]);
-    let row = stats["services"]
-        .as_array()
-        .expect("services")
-        .iter()
-        .find(|s| s["service"] == "web")
-        .cloned()
-        .unwrap_or_else(|| panic!("web not in {stats:#}"));
+    let row = env.agent().service_stats("web");
     assert_eq!(row["connections_closed"], FLOWS as u64, "{row:#}");
     assert_eq!(
         row["mean_srtt_us"],
