@@ -1,9 +1,11 @@
-//! `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_DELETE_BATCH` (hash maps, Linux ≥ 5.6), which aya
-//! does not wrap: an install from scratch writes hundreds of thousands of elements, and one
-//! syscall per element was most of its cost.
+//! `BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_DELETE_BATCH` (hash and LRU
+//! hash maps, Linux ≥ 5.6), which aya does not wrap: an install from scratch writes hundreds
+//! of thousands of elements, and the flow expiry reads a conntrack table as large; one
+//! syscall per element (two for a walk) was most of their cost.
 
 use std::os::fd::{AsRawFd as _, BorrowedFd};
 
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// `ENOTSUPP`, the kernel-internal errno a map type without batch operations returns.
@@ -38,6 +40,80 @@ pub fn delete<K>(map: BorrowedFd<'_>, keys: &[K]) -> Result<(), BatchError> {
         std::ptr::null(),
         keys.len(),
     )
+}
+
+/// Reads every element of a hash map, up to `chunk` per syscall. Elements written or
+/// removed during the walk may or may not be in it; none is read twice.
+pub fn lookup_all<K: Copy + Default, V: Copy + Default>(
+    map: BorrowedFd<'_>,
+    chunk: usize,
+) -> Result<Vec<(K, V)>, BatchError> {
+    let mut chunk = chunk.max(1);
+    let mut keys = vec![K::default(); chunk];
+    let mut values = vec![V::default(); chunk];
+    let mut elements = Vec::new();
+    // The kernel's position in the walk (a bucket index for hash maps), opaque here.
+    let mut position = 0u64;
+    let mut next_position = 0u64;
+    let mut started = false;
+    loop {
+        let count32 = u32::try_from(chunk).unwrap_or(u32::MAX);
+        let mut attr = [0u64; 8];
+        attr[0] = if started {
+            (&raw const position) as u64
+        } else {
+            0
+        };
+        attr[1] = (&raw mut next_position) as u64;
+        attr[2] = keys.as_mut_ptr() as u64;
+        attr[3] = values.as_mut_ptr() as u64;
+        attr[4] = u64::from(count32) | ((map.as_raw_fd() as u64) << 32);
+        // SAFETY: `attr` outlives the call and is as large as the batch member; `keys` and
+        // `values` hold `chunk` elements of the map's key and value sizes (the callers'
+        // typed slices), the positions 8 bytes each (the kernel writes 4 for hash maps).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        let error = (rc != 0).then(std::io::Error::last_os_error);
+        let errno = error.as_ref().and_then(std::io::Error::raw_os_error);
+        // On success and at the end (ENOENT) the kernel writes back how many it copied.
+        if rc == 0 || errno == Some(libc::ENOENT) {
+            let read = ((attr[4] & 0xffff_ffff) as usize).min(chunk);
+            elements.extend(
+                keys[..read]
+                    .iter()
+                    .copied()
+                    .zip(values[..read].iter().copied()),
+            );
+        }
+        match (rc, errno) {
+            (0, _) => {
+                position = next_position;
+                started = true;
+            }
+            (_, Some(libc::ENOENT)) => return Ok(elements),
+            // One bucket holds more elements than a chunk: read it with room enough.
+            (_, Some(libc::ENOSPC)) if chunk < 1 << 20 => {
+                chunk *= 2;
+                keys.resize(chunk, K::default());
+                values.resize(chunk, V::default());
+            }
+            (_, Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)) if !started => {
+                return Err(BatchError::Unsupported);
+            }
+            _ => {
+                return Err(BatchError::Failed {
+                    done: elements.len(),
+                    error: error.unwrap_or_else(std::io::Error::last_os_error),
+                });
+            }
+        }
+    }
 }
 
 fn call(

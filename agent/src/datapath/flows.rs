@@ -18,9 +18,15 @@ use std::{
 };
 
 use aya::maps::{HashMap, MapData};
+use std::os::fd::AsFd as _;
+use tracing::debug;
 use weft_common::{FlowKey, FlowValue, PROTO_TCP, flow_dir, flow_flags, maps as names};
 
-use super::{DatapathError, maps::map_error};
+use super::{
+    DatapathError,
+    batch::{self, BatchError},
+    maps::{self, map_error},
+};
 use crate::layout;
 
 pub const TCP_CLOSED_LINGER: Duration = Duration::from_secs(10);
@@ -187,8 +193,29 @@ impl FlowReader {
 
     /// Every flow with a client entry. Entries that vanish during the walk are skipped.
     pub fn flows(&self) -> Vec<Flow> {
-        pair(self.map.iter().filter_map(Result::ok).collect()).0
+        pair(walk(&self.map, &mut true)).0
     }
+}
+
+/// Every entry of the table: in batches where the kernel has them (a full table is a
+/// quarter of a million entries or more; one by one that is two syscalls each), else one
+/// by one. `batches` turns false for good once the kernel says it has none.
+fn walk(
+    map: &HashMap<MapData, FlowKey, FlowValue>,
+    batches: &mut bool,
+) -> Vec<(FlowKey, FlowValue)> {
+    if *batches {
+        let fd = aya::maps::IterableMap::map(map).fd().as_fd();
+        match batch::lookup_all(fd, maps::BATCH) {
+            Ok(entries) => return entries,
+            Err(BatchError::Unsupported) => *batches = false,
+            // A walk that failed midway: the next one starts over, one by one this time.
+            Err(BatchError::Failed { error, .. }) => {
+                debug!(%error, "reading the flow table in batches failed; reading it one by one");
+            }
+        }
+    }
+    map.iter().filter_map(Result::ok).collect()
 }
 
 /// Deletes flows past their timeout, from a handle of its own on the pinned map, and
@@ -198,6 +225,8 @@ pub struct FlowExpiry {
     /// Flows already reported as answered: the client key and its creation time (a new
     /// flow on the same key is another flow).
     answered: HashSet<(FlowKey, u64)>,
+    /// Whether the kernel has batch map operations (until it says otherwise).
+    batches: bool,
 }
 
 /// What one sweep did and saw.
@@ -219,6 +248,7 @@ impl FlowExpiry {
         Ok(FlowExpiry {
             map,
             answered: HashSet::new(),
+            batches: true,
         })
     }
 
@@ -226,12 +256,13 @@ impl FlowExpiry {
     /// (evicted under pressure) go once idle as long as a UDP flow may be.
     pub fn sweep(&mut self) -> Sweep {
         let now = monotonic_ns();
-        let (flows, orphans) = pair(self.map.iter().filter_map(Result::ok).collect());
+        let (flows, orphans) = pair(walk(&self.map, &mut self.batches));
         let mut sweep = Sweep {
             flows: flows.len(),
             ..Sweep::default()
         };
         let mut answered = HashSet::with_capacity(self.answered.len());
+        let mut gone = Vec::new();
         for flow in flows.iter().filter(|f| f.reverse.is_some()) {
             let id = (flow.key, flow.forward.created_ns);
             if !self.answered.contains(&id) {
@@ -240,15 +271,19 @@ impl FlowExpiry {
             answered.insert(id);
         }
         for flow in flows.iter().filter(|f| f.expired(now)) {
-            // A flow that saw a packet (either way) since the walk read it keeps its entries:
-            // the kernel refreshed it, or a new flow took the same key.
+            // A flow that saw a packet since the walk read it keeps its entries: the kernel
+            // refreshed it, or a new flow took the same key. A new flow on a closed flow's
+            // key starts with the client's packet, so there the client entry tells (one
+            // lookup instead of two for what most expiries are under churn).
+            let closed = flow.state() == FlowState::Closed;
             if self.changed(&flow.key, flow.forward.last_ns)
-                || self.changed(&flow.reverse_key(), flow.reverse.map_or(0, |r| r.last_ns))
+                || (!closed
+                    && self.changed(&flow.reverse_key(), flow.reverse.map_or(0, |r| r.last_ns)))
             {
                 continue;
             }
-            let _ = self.map.remove(&flow.key);
-            let _ = self.map.remove(&flow.reverse_key());
+            gone.push(flow.key);
+            gone.push(flow.reverse_key());
             sweep.expired += 1;
             answered.remove(&(flow.key, flow.forward.created_ns));
             sweep.ended.push(*flow);
@@ -258,9 +293,10 @@ impl FlowExpiry {
             if now.saturating_sub(value.last_ns) > UDP_IDLE_TIMEOUT.as_nanos() as u64
                 && !self.changed(&key, value.last_ns)
             {
-                let _ = self.map.remove(&key);
+                gone.push(key);
             }
         }
+        maps::delete(&mut self.map, &mut self.batches, &gone);
         sweep
     }
 

@@ -74,7 +74,7 @@ pub trait Maps {
 }
 
 /// Elements per batch syscall: bounds the buffers a batch needs (a chunk is 264 bytes).
-const BATCH: usize = 8192;
+pub(super) const BATCH: usize = 8192;
 
 /// The kernel's maps.
 pub struct KernelMaps {
@@ -189,7 +189,7 @@ fn write<K: aya::Pod, V: aya::Pod>(
 }
 
 /// Deletes in batches, stepping over keys already gone.
-fn delete<K: aya::Pod, V: aya::Pod>(
+pub(super) fn delete<K: aya::Pod, V: aya::Pod>(
     map: &mut HashMap<MapData, K, V>,
     batches: &mut bool,
     keys: &[K],

@@ -169,8 +169,113 @@ pub fn forward(tuple: &Tuple, tcp: u8, bytes: u64) -> Forward {
         if !reopened {
             count(tc_counter::ENDPOINT_GONE);
         }
+        let picked = match pick(tuple) {
+            Ok(picked) => picked,
+            Err(outcome) => return outcome,
+        };
+        // A client port reused for a new connection (common under churn) mostly picks the
+        // endpoint its last flow had: its entries are rewritten where they are, rather than
+        // two inserts that each take an LRU node and push another flow out.
+        if reopened && picked.backend_id == backend_id && reuse(tuple, entry, &picked, flags, bytes)
+        {
+            return Forward::To(picked.backend.addr, picked.backend.port);
+        }
+        return create(tuple, flags, bytes, &picked);
     }
-    create(tuple, flags, bytes)
+    match pick(tuple) {
+        Ok(picked) => create(tuple, flags, bytes, &picked),
+        Err(outcome) => outcome,
+    }
+}
+
+/// The endpoint a new flow goes to.
+struct Picked {
+    backend: Backend,
+    backend_id: u32,
+    service_id: u32,
+}
+
+#[inline(always)]
+fn pick(tuple: &Tuple) -> Result<Picked, Forward> {
+    let service = ServiceKey {
+        addr: tuple.dst,
+        port: tuple.dport,
+        protocol: tuple.protocol,
+        family: tuple.family,
+    };
+    match choose(&service, tuple.hash()) {
+        Choice::NotService => Err(Forward::NotService),
+        Choice::NoEndpoint => Err(Forward::NoEndpoint),
+        Choice::Endpoint {
+            backend,
+            backend_id,
+            service_id,
+        } => Ok(Picked {
+            backend,
+            backend_id,
+            service_id,
+        }),
+    }
+}
+
+/// The entries of a new flow, both directions, as it starts.
+#[inline(always)]
+fn entries(tuple: &Tuple, flags: u8, bytes: u64, picked: &Picked) -> (FlowValue, FlowValue) {
+    let now = now();
+    let forward = FlowValue {
+        nat_addr: picked.backend.addr,
+        nat_port: picked.backend.port,
+        flags,
+        _pad: 0,
+        service_id: picked.service_id,
+        backend_id: picked.backend_id,
+        _pad2: 0,
+        created_ns: now,
+        last_ns: now,
+        packets: 1,
+        bytes,
+    };
+    let reverse = FlowValue {
+        nat_addr: tuple.dst,
+        nat_port: tuple.dport,
+        flags: 0,
+        packets: 0,
+        bytes: 0,
+        ..forward
+    };
+    (forward, reverse)
+}
+
+/// The key of the endpoint's replies: from the endpoint to the client, shown as from the
+/// service.
+#[inline(always)]
+fn reply_key(tuple: &Tuple, picked: &Picked) -> FlowKey {
+    Tuple {
+        src: picked.backend.addr,
+        dst: tuple.src,
+        sport: picked.backend.port,
+        dport: tuple.sport,
+        protocol: tuple.protocol,
+        family: tuple.family,
+    }
+    .key(flow_dir::REVERSE)
+}
+
+/// Starts a new flow in a closed flow's entries (same key, same endpoint). False when the
+/// reply entry is gone (evicted or expired): the caller inserts both instead.
+#[inline(always)]
+fn reuse(tuple: &Tuple, entry: *mut FlowValue, picked: &Picked, flags: u8, bytes: u64) -> bool {
+    let Some(reply) = FLOWS.get_ptr_mut(&reply_key(tuple, picked)) else {
+        return false;
+    };
+    let (forward, reverse) = entries(tuple, flags, bytes, picked);
+    // SAFETY: both point into live map values; the old flow is over, so whatever a late
+    // packet of it counts concurrently is lost with it.
+    unsafe {
+        *reply = reverse;
+        *entry = forward;
+    }
+    true
 }
 
 /// Whether the endpoint a flow was sent to is still one (an id the agent reused for
@@ -185,58 +290,12 @@ fn endpoint_still(backend_id: u32, addr: &Addr, port: u16) -> bool {
 }
 
 #[inline(always)]
-fn create(tuple: &Tuple, flags: u8, bytes: u64) -> Forward {
-    let service = ServiceKey {
-        addr: tuple.dst,
-        port: tuple.dport,
-        protocol: tuple.protocol,
-        family: tuple.family,
-    };
-    let (backend, backend_id, service_id): (Backend, u32, u32) =
-        match choose(&service, tuple.hash()) {
-            Choice::NotService => return Forward::NotService,
-            Choice::NoEndpoint => return Forward::NoEndpoint,
-            Choice::Endpoint {
-                backend,
-                backend_id,
-                service_id,
-            } => (backend, backend_id, service_id),
-        };
-    let now = now();
-    let forward = FlowValue {
-        nat_addr: backend.addr,
-        nat_port: backend.port,
-        flags,
-        _pad: 0,
-        service_id,
-        backend_id,
-        _pad2: 0,
-        created_ns: now,
-        last_ns: now,
-        packets: 1,
-        bytes,
-    };
-    // The endpoint's replies: from the endpoint to the client, shown as from the service.
-    let reply = Tuple {
-        src: backend.addr,
-        dst: tuple.src,
-        sport: backend.port,
-        dport: tuple.sport,
-        protocol: tuple.protocol,
-        family: tuple.family,
-    };
-    let reverse = FlowValue {
-        nat_addr: tuple.dst,
-        nat_port: tuple.dport,
-        flags: 0,
-        packets: 0,
-        bytes: 0,
-        ..forward
-    };
+fn create(tuple: &Tuple, flags: u8, bytes: u64, picked: &Picked) -> Forward {
+    let (forward, reverse) = entries(tuple, flags, bytes, picked);
     // Reverse first: a reply never arrives before its request, but the forward entry is the
     // one that makes the flow exist.
     if FLOWS
-        .insert(&reply.key(flow_dir::REVERSE), &reverse, 0)
+        .insert(&reply_key(tuple, picked), &reverse, 0)
         .is_err()
         || FLOWS
             .insert(&tuple.key(flow_dir::FORWARD), &forward, 0)
@@ -244,7 +303,7 @@ fn create(tuple: &Tuple, flags: u8, bytes: u64) -> Forward {
     {
         return Forward::NotWritten;
     }
-    Forward::To(backend.addr, backend.port)
+    Forward::To(picked.backend.addr, picked.backend.port)
 }
 
 /// The reverse step for a packet leaving towards a client: the service address and port
