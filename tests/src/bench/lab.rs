@@ -13,7 +13,7 @@ use std::{
 use super::{
     applies::{self, Apply, CONFIG_APPLIED, LogCursor},
     load::{self, Backend, Sample},
-    rules::{MEASURED_FILE, NO_PROBES, Services},
+    rules::{Hook, MEASURED_FILE, NO_PROBES, Services},
 };
 use crate::{Env, NetNs};
 
@@ -291,12 +291,12 @@ impl Lab {
         let iptables = timed(
             &self.iptables,
             &["iptables-restore"],
-            &s.iptables_restore([10, 97]),
+            &s.iptables_restore([10, 97], Hook::Output),
         );
         let nftables = timed(
             &self.nftables,
             &["nft", "-f", "-"],
-            &s.nft_ruleset([10, 98]),
+            &s.nft_ruleset([10, 98], Hook::Output),
         );
         Install {
             services: scale,
@@ -567,6 +567,7 @@ impl Lab {
             count: 1,
             endpoints_each: 0,
             real_backends: vec![real_backends()[0], VICTIM],
+            second_port: None,
         };
         self.services = service;
         // One service in force, as in the tests that set the failover targets.
@@ -584,7 +585,7 @@ impl Lab {
                 lab.apply_measured(&yaml);
             }));
         }
-        let rules = self.services.iptables_restore([10, 97]);
+        let rules = self.services.iptables_restore([10, 97], Hook::Output);
         results.push(self.kill_under_load(
             Contender::Iptables,
             "iptables, kube-proxy's shape (no health checking)",
@@ -735,6 +736,7 @@ fn services(count: usize) -> Services {
         count,
         endpoints_each: 10,
         real_backends: real_backends(),
+        second_port: None,
     }
 }
 
