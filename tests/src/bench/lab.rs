@@ -5,13 +5,14 @@
 use std::{
     io::Write as _,
     net::{Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use super::{
     applies::{self, Apply, CONFIG_APPLIED, LogCursor},
+    config_dir,
     load::{self, Backend, Sample},
     rules::{Hook, MEASURED_FILE, NO_PROBES, Services},
 };
@@ -310,39 +311,9 @@ impl Lab {
     /// Empties weft's config directory, then writes every file of the current services and
     /// times until the agent has every service in place.
     fn install_weft(&self) -> WeftChange {
-        self.clear_weft_config();
         // Made before the clock starts: the text is the bench's work, not the agent's.
         let files = self.services.weft_files([10, 96], BULK_FILE);
-        let agent = self.weft.agent();
-        let mut log = LogCursor::at_end(agent);
-        let started = Instant::now();
-        for (name, text) in &files {
-            agent.write_config_file(name, text);
-        }
-        let applies = log.applies_until(CONFIG_APPLIED, self.services.count as u64);
-        WeftChange {
-            files: files.len(),
-            to_kernel: started.elapsed(),
-            applies,
-        }
-    }
-
-    /// Removes every file of weft's config directory and waits until the agent holds no
-    /// service, so the next install starts from scratch.
-    fn clear_weft_config(&self) {
-        let agent = self.weft.agent();
-        let in_force = agent.cli_json(&["status"])["services"]
-            .as_u64()
-            .unwrap_or(0);
-        let mut log = LogCursor::at_end(agent);
-        for file in config_files(&agent.config) {
-            std::fs::remove_file(&file)
-                .unwrap_or_else(|e| panic!("removing {}: {e}", file.display()));
-        }
-        // An agent holding nothing logs nothing for the removal of files that held nothing.
-        if in_force > 0 {
-            log.applies_until(CONFIG_APPLIED, 0);
-        }
+        config_dir::install(self.weft.agent(), &files, self.services.count)
     }
 
     pub fn drive(&self, contender: Contender, workers: usize, duration: Duration) -> Sample {
@@ -571,7 +542,7 @@ impl Lab {
         };
         self.services = service;
         // One service in force, as in the tests that set the failover targets.
-        self.clear_weft_config();
+        config_dir::clear(self.weft.agent());
         let mut results = Vec::new();
         for (setup, detection) in [
             (
@@ -719,16 +690,6 @@ impl Drop for Lab {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// The config files in weft's config directory now.
-fn config_files(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
-        .collect()
 }
 
 fn services(count: usize) -> Services {

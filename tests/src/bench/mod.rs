@@ -5,6 +5,7 @@
 //! also when the bench fails.
 
 mod applies;
+mod config_dir;
 mod kubernetes;
 mod lab;
 pub mod load;
