@@ -732,7 +732,7 @@ fn reaches_both(target: SocketAddr) -> bool {
 }
 
 /// Runs a command in the namespace with `input` on stdin; panics with its stderr on failure.
-fn run_with_input(ns: &NetNs, command: &[&str], input: &str) {
+pub(super) fn run_with_input(ns: &NetNs, command: &[&str], input: &str) {
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ns.name])
         .args(command)

@@ -4,6 +4,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, path::Path, time::Duration};
 
 use super::{
+    forward::Forwarded,
     kubernetes::KubernetesBench,
     lab::{Contender, Failover, Footprint, HealthChange, Install, WeftChange, WeightChange},
     load::Sample,
@@ -29,6 +30,8 @@ pub struct Report {
     pub failover: Vec<Failover>,
     /// The Kubernetes source at the larger scale.
     pub kubernetes: Option<KubernetesBench>,
+    /// Traffic forwarded through a node: the TC path.
+    pub forwarded: Option<Forwarded>,
 }
 
 /// Medians over the rounds of one contender at one scale.
@@ -40,7 +43,7 @@ pub struct Summary {
     pub failures: u64,
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(super) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     match values.len() {
         0 => f64::NAN,
@@ -51,16 +54,18 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// The median of round-by-round rate ratios `a[i] / b[i]`: rounds ran back to back, so
 /// drift between rounds cancels out.
-fn paired_ratio(a: &[Sample], b: &[Sample]) -> Option<f64> {
-    let ratios: Vec<f64> = a
-        .iter()
-        .zip(b)
-        .map(|(a, b)| a.per_second / b.per_second)
-        .collect();
+pub(super) fn paired_ratio(a: &[Sample], b: &[Sample]) -> Option<f64> {
+    let rate = |samples: &[Sample]| samples.iter().map(|s| s.per_second).collect::<Vec<_>>();
+    paired(&rate(a), &rate(b))
+}
+
+/// The median of `a[i] / b[i]`, round by round.
+pub(super) fn paired(a: &[f64], b: &[f64]) -> Option<f64> {
+    let ratios: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
     (!ratios.is_empty()).then(|| median(ratios))
 }
 
-fn summarize(samples: &[Sample]) -> Option<Summary> {
+pub(super) fn summarize(samples: &[Sample]) -> Option<Summary> {
     if samples.is_empty() {
         return None;
     }
@@ -91,6 +96,7 @@ impl Report {
             stats_on_off: (Vec::new(), Vec::new()),
             failover: Vec::new(),
             kubernetes: None,
+            forwarded: None,
         }
     }
 
@@ -141,6 +147,10 @@ impl Report {
             }
         }
         problems.extend(self.weft_programming_problems());
+        match &self.forwarded {
+            None => problems.push("forwarded traffic: no numbers".into()),
+            Some(f) => problems.extend(f.problems()),
+        }
         match &self.kubernetes {
             None => problems.push("weft with Kubernetes: no numbers".into()),
             Some(k) if k.changes.is_empty() => {
@@ -279,6 +289,9 @@ impl Report {
         out.push_str(&self.footprint_section());
         out.push_str(&self.stats_section());
         out.push_str(&self.failover_section());
+        if let Some(f) = &self.forwarded {
+            out.push_str(&f.section());
+        }
         out.push_str(&self.targets());
         out
     }
@@ -481,6 +494,9 @@ impl Report {
         self.footprint_targets(&mut out);
         self.failover_targets(&mut out);
         self.kubernetes_targets(&mut out);
+        if let Some(f) = &self.forwarded {
+            f.target_rows(&mut out);
+        }
         out
     }
 
@@ -685,7 +701,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn target_row(out: &mut String, target: &str, measured: String, ok: bool) {
+pub(super) fn target_row(out: &mut String, target: &str, measured: String, ok: bool) {
     let verdict = if ok { "met" } else { "**missed**" };
     let _ = writeln!(out, "| {target} | {measured} | {verdict} |");
 }

@@ -10,7 +10,7 @@ pub const MEASURED_FILE: &str = "measured.yaml";
 pub const NO_PROBES: &str = "    health: { kind: none }\n";
 
 /// Every service's port (the measured service may have a second one).
-const PORT: u16 = 80;
+pub const SERVICE_PORT: u16 = 80;
 
 /// The nftables table every bench ruleset lives in.
 const NFT_TABLE: &str = "table ip weft-bench";
@@ -96,7 +96,7 @@ impl Services {
         let mut ports = vec![Frontend {
             id: i.to_string(),
             address,
-            port: PORT,
+            port: SERVICE_PORT,
             endpoints: self.endpoints(i),
         }];
         if i == self.measured_index()
