@@ -6,6 +6,7 @@
 //! Everything is removed afterwards by guards, also when the bench fails.
 
 mod applies;
+mod chart;
 mod config_dir;
 mod forward;
 mod kubernetes;

@@ -4,7 +4,8 @@
 use std::{collections::BTreeMap, fmt::Write as _, path::Path, time::Duration};
 
 use super::{
-    forward::Forwarded,
+    chart::{self, Panel},
+    forward::{Forwarded, Forwarder},
     kubernetes::KubernetesBench,
     lab::{Contender, Failover, Footprint, HealthChange, Install, WeftChange, WeightChange},
     load::Sample,
@@ -603,83 +604,33 @@ impl Report {
         }
     }
 
-    /// Grouped bars: each contender's rate relative to direct, per scale.
+    /// Grouped bars per scale: each contender's rate relative to direct, and below it the
+    /// forwarded contenders' relative to routing.
     pub fn svg(&self) -> String {
-        let (width, height, left, top, bar) = (720.0, 320.0, 60.0, 30.0, 22.0);
-        let plot_h = height - top - 60.0;
-        let max = Contender::ALL
-            .iter()
-            .flat_map(|&c| [1, self.many].map(|s| self.ratio(s, c).unwrap_or(0.0)))
-            .fold(1.0_f64, f64::max)
-            .max(1.0);
-        let y = |v: f64| top + plot_h * (1.0 - v / max);
-        let mut out = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-             <text x=\"{left}\" y=\"18\" font-size=\"14\">Short connections per second, relative to direct (higher is better)</text>\n"
-        );
-        for tick in [0.0, 0.25, 0.5, 0.75, 1.0] {
-            let v = tick * max;
-            let _ = writeln!(
-                out,
-                "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.2}</text>",
-                width - 10.0,
-                y(v),
-                y(v),
-                left - 6.0,
-                y(v) + 4.0
-            );
+        let legend = |many: usize| ["1 service".to_string(), format!("{many} services")];
+        let mut panels = vec![Panel {
+            title: "Short connections per second, relative to direct (higher is better)".into(),
+            legend: legend(self.many),
+            groups: Contender::ALL
+                .iter()
+                .map(|&c| (c.name(), [1, self.many].map(|s| self.ratio(s, c))))
+                .collect(),
+        }];
+        if let Some(f) = &self.forwarded {
+            panels.push(Panel {
+                title: "Forwarded through a node: connections per second, relative to routing"
+                    .into(),
+                legend: legend(f.many),
+                groups: Forwarder::ALL
+                    .iter()
+                    .map(|&k| {
+                        let ratios = [1, f.many].map(|s| f.ratio(s, k, Forwarder::Routing));
+                        (k.name(), ratios)
+                    })
+                    .collect(),
+            });
         }
-        let colors = ["#888888", "#2b7bba"];
-        let group = (width - left - 20.0) / Contender::ALL.len() as f64;
-        for (ci, c) in Contender::ALL.iter().enumerate() {
-            let x0 = left + group * ci as f64 + group / 2.0 - bar;
-            for (si, scale) in [1, self.many].iter().enumerate() {
-                let x = x0 + si as f64 * (bar + 2.0);
-                match self.ratio(*scale, *c) {
-                    Some(r) => {
-                        let _ = writeln!(
-                            out,
-                            "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar}\" height=\"{:.1}\" fill=\"{}\"><title>{} at {scale}: {r:.2}</title></rect><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{r:.2}</text>",
-                            y(r),
-                            (y(0.0) - y(r)).max(0.0),
-                            colors[si],
-                            c.name(),
-                            x + bar / 2.0,
-                            y(r) - 3.0
-                        );
-                    }
-                    None => {
-                        let _ = writeln!(
-                            out,
-                            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">n/a</text>",
-                            x + bar / 2.0,
-                            y(0.0) - 3.0
-                        );
-                    }
-                }
-            }
-            let _ = writeln!(
-                out,
-                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
-                x0 + bar,
-                y(0.0) + 16.0,
-                c.name()
-            );
-        }
-        let legend_y = height - 14.0;
-        let many = format!("{} services", self.many);
-        for (si, label) in ["1 service", many.as_str()].iter().enumerate() {
-            let x = left + si as f64 * 140.0;
-            let _ = writeln!(
-                out,
-                "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{legend_y}\">{label}</text>",
-                legend_y - 10.0,
-                colors[si],
-                x + 16.0
-            );
-        }
-        out + "</svg>\n"
+        chart::svg(&panels)
     }
 
     /// Writes the markdown to `path` and the chart beside it.

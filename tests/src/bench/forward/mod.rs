@@ -10,7 +10,8 @@ mod report;
 
 use std::time::{Duration, Instant};
 
-use node::{Forwarder, Node};
+pub use node::Forwarder;
+use node::Node;
 pub use report::Forwarded;
 
 /// How long and how often.
