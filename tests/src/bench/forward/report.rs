@@ -133,13 +133,15 @@ impl Forwarded {
              neither, and one contender's rules never see another's packets. Clients run in the \
              client namespace, outside the cgroup weft's socket hooks watch, so only the node \
              translates them. Every interface has the same offloads in every set, checked with \
-             `ethtool -k` before measuring ({} on the node's client side).\n",
+             `ethtool -k` before measuring (on the node's client side: {}).\n",
             self.offloads
         );
         let _ = writeln!(
             out,
-            "Contenders: **routing**, the client connecting to the endpoints' own addresses (a \
-             client thread each), forwarded without translation: the limit; **weft TC**, the \
+            "Contenders: **routing**, the client connecting to the endpoints' own addresses, \
+             each connection to one of the two at random as a random balancer spreads them (a \
+             backend answers one connection at a time, so the spread matters), forwarded \
+             without translation: the limit; **weft TC**, the \
              agent with `--tc-interface` on the node's client-side interface (its own flow \
              table, no kernel conntrack); **nftables**, kube-proxy's nftables shape as above \
              in a nat chain at the prerouting hook; **iptables**, kube-proxy's iptables shape \
@@ -170,7 +172,10 @@ impl Forwarded {
         let _ = writeln!(
             out,
             "The section took {:.0} s, namespaces built and removed included; programming \
-             the nodes at {} services took {}.\n",
+             the nodes at {} services took {}. nftables gets its rules in several `nft -f` \
+             runs (endpoint chains, service chains, then the map): in one transaction, as in \
+             the programming table above, the kernel binds each service chain's anonymous map \
+             by walking the transaction, which is quadratic.\n",
             self.elapsed.as_secs_f64(),
             self.many,
             self.install_times(self.many)
