@@ -1,5 +1,6 @@
 //! `cargo xtask bench [--quick]`: builds the agent, installs the peers it is measured against
-//! (iptables, nftables, HAProxy), and runs the bench binary, which writes
+//! (iptables, nftables, HAProxy) and ethtool (the forwarded section compares interface
+//! offloads), and runs the bench binary, which writes
 //! `docs/benchmarks.md` and `docs/benchmarks.svg` (`--quick`: under target/, numbers only
 //! checked to exist).
 
@@ -27,6 +28,7 @@ pub fn run_built(built: &build::Built, opts: &Options) -> Result<()> {
         ("iptables-restore", "iptables"),
         ("nft", "nftables"),
         ("haproxy", "haproxy"),
+        ("ethtool", "ethtool"),
     ] {
         setup::ensure_debian_tool(binary, package)?;
     }

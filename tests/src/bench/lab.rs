@@ -5,15 +5,16 @@
 use std::{
     io::Write as _,
     net::{Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use super::{
     applies::{self, Apply, CONFIG_APPLIED, LogCursor},
+    config_dir,
     load::{self, Backend, Sample},
-    rules::{MEASURED_FILE, NO_PROBES, Services},
+    rules::{Hook, MEASURED_FILE, NO_PROBES, Services},
 };
 use crate::{Env, NetNs};
 
@@ -291,12 +292,12 @@ impl Lab {
         let iptables = timed(
             &self.iptables,
             &["iptables-restore"],
-            &s.iptables_restore([10, 97]),
+            &s.iptables_restore([10, 97], Hook::Output),
         );
         let nftables = timed(
             &self.nftables,
             &["nft", "-f", "-"],
-            &s.nft_ruleset([10, 98]),
+            &s.nft_ruleset([10, 98], Hook::Output),
         );
         Install {
             services: scale,
@@ -310,39 +311,9 @@ impl Lab {
     /// Empties weft's config directory, then writes every file of the current services and
     /// times until the agent has every service in place.
     fn install_weft(&self) -> WeftChange {
-        self.clear_weft_config();
         // Made before the clock starts: the text is the bench's work, not the agent's.
         let files = self.services.weft_files([10, 96], BULK_FILE);
-        let agent = self.weft.agent();
-        let mut log = LogCursor::at_end(agent);
-        let started = Instant::now();
-        for (name, text) in &files {
-            agent.write_config_file(name, text);
-        }
-        let applies = log.applies_until(CONFIG_APPLIED, self.services.count as u64);
-        WeftChange {
-            files: files.len(),
-            to_kernel: started.elapsed(),
-            applies,
-        }
-    }
-
-    /// Removes every file of weft's config directory and waits until the agent holds no
-    /// service, so the next install starts from scratch.
-    fn clear_weft_config(&self) {
-        let agent = self.weft.agent();
-        let in_force = agent.cli_json(&["status"])["services"]
-            .as_u64()
-            .unwrap_or(0);
-        let mut log = LogCursor::at_end(agent);
-        for file in config_files(&agent.config) {
-            std::fs::remove_file(&file)
-                .unwrap_or_else(|e| panic!("removing {}: {e}", file.display()));
-        }
-        // An agent holding nothing logs nothing for the removal of files that held nothing.
-        if in_force > 0 {
-            log.applies_until(CONFIG_APPLIED, 0);
-        }
+        config_dir::install(self.weft.agent(), &files, self.services.count)
     }
 
     pub fn drive(&self, contender: Contender, workers: usize, duration: Duration) -> Sample {
@@ -567,10 +538,11 @@ impl Lab {
             count: 1,
             endpoints_each: 0,
             real_backends: vec![real_backends()[0], VICTIM],
+            second_port: None,
         };
         self.services = service;
         // One service in force, as in the tests that set the failover targets.
-        self.clear_weft_config();
+        config_dir::clear(self.weft.agent());
         let mut results = Vec::new();
         for (setup, detection) in [
             (
@@ -584,7 +556,7 @@ impl Lab {
                 lab.apply_measured(&yaml);
             }));
         }
-        let rules = self.services.iptables_restore([10, 97]);
+        let rules = self.services.iptables_restore([10, 97], Hook::Output);
         results.push(self.kill_under_load(
             Contender::Iptables,
             "iptables, kube-proxy's shape (no health checking)",
@@ -720,21 +692,12 @@ impl Drop for Lab {
     }
 }
 
-/// The config files in weft's config directory now.
-fn config_files(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
-        .collect()
-}
-
 fn services(count: usize) -> Services {
     Services {
         count,
         endpoints_each: 10,
         real_backends: real_backends(),
+        second_port: None,
     }
 }
 
@@ -769,7 +732,7 @@ fn reaches_both(target: SocketAddr) -> bool {
 }
 
 /// Runs a command in the namespace with `input` on stdin; panics with its stderr on failure.
-fn run_with_input(ns: &NetNs, command: &[&str], input: &str) {
+pub(super) fn run_with_input(ns: &NetNs, command: &[&str], input: &str) {
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ns.name])
         .args(command)

@@ -29,7 +29,13 @@ pub struct Sample {
 /// Runs `workers` client threads against `target` for `duration`. Call it on a thread that
 /// is already in the right network namespace (and cgroup): workers inherit both.
 pub fn drive(target: SocketAddr, workers: usize, duration: Duration) -> Sample {
-    let run = run_workers(target, workers, duration);
+    drive_over(&[target], workers, duration)
+}
+
+/// `drive` with each connection going to one of `targets` chosen at random: a random
+/// balancer's spread over endpoints, without the balancer.
+pub fn drive_over(targets: &[SocketAddr], workers: usize, duration: Duration) -> Sample {
+    let run = run_workers_over(targets, workers, duration);
     let elapsed = run.elapsed.as_secs_f64();
     let mut latencies = run.latencies_us;
     latencies.sort_unstable();
@@ -60,14 +66,22 @@ pub struct Run {
 /// The closed loop itself: `workers` threads, each connecting again as soon as the previous
 /// connection ended, until `duration` is over.
 pub fn run_workers(target: SocketAddr, workers: usize, duration: Duration) -> Run {
+    run_workers_over(&[target], workers, duration)
+}
+
+/// `run_workers`, each connection to one of `targets` chosen at random.
+fn run_workers_over(targets: &[SocketAddr], workers: usize, duration: Duration) -> Run {
     let started = Instant::now();
     let deadline = started + duration;
     let threads: Vec<JoinHandle<(Vec<u32>, Vec<Instant>)>> = (0..workers)
-        .map(|_| {
+        .map(|k| {
+            let targets = targets.to_vec();
+            let mut pick = Xorshift::seeded(k);
             std::thread::spawn(move || {
                 let mut latencies = Vec::with_capacity(100_000);
                 let mut failures = Vec::new();
                 while Instant::now() < deadline {
+                    let target = targets[pick.below(targets.len())];
                     let t = Instant::now();
                     match one_request(target) {
                         Ok(()) => latencies.push(t.elapsed().as_micros() as u32),
@@ -92,6 +106,28 @@ pub fn run_workers(target: SocketAddr, workers: usize, duration: Duration) -> Ru
     run.elapsed = started.elapsed();
     run.failures.sort_unstable();
     run
+}
+
+/// A small random generator for picking targets: no cryptography or quality needed, and
+/// cheap next to a connection.
+struct Xorshift(u64);
+
+impl Xorshift {
+    /// Seeded from the clock and the worker's number, so workers pick independently.
+    fn seeded(worker: usize) -> Xorshift {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Xorshift((nanos ^ (worker as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1)
+    }
+
+    /// A number in 0..n.
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
 }
 
 /// One short connection; the answer's first line names the backend.
@@ -179,5 +215,21 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_picked_evenly() {
+        let mut pick = Xorshift::seeded(0);
+        let mut counts = [0usize; 2];
+        for _ in 0..10_000 {
+            counts[pick.below(2)] += 1;
+        }
+        assert!((4_700..=5_300).contains(&counts[0]), "{counts:?}");
+        assert_eq!(Xorshift::seeded(3).below(1), 0);
     }
 }

@@ -1,10 +1,14 @@
 //! `cargo xtask bench`: weft against a direct connection, kube-proxy's iptables and nftables
 //! rule shapes and HAProxy, measured back to back in one run on the same machine. Every
 //! contender gets its own network namespace with the same two backends, so one contender's
-//! netfilter hooks never tax another's packets. Everything is removed afterwards by guards,
-//! also when the bench fails.
+//! netfilter hooks never tax another's packets. Then traffic forwarded through a node
+//! (`forward`): weft's TC path against routing and the same rule shapes at PREROUTING.
+//! Everything is removed afterwards by guards, also when the bench fails.
 
 mod applies;
+mod chart;
+mod config_dir;
+mod forward;
 mod kubernetes;
 mod lab;
 pub mod load;
@@ -34,6 +38,8 @@ struct Plan {
     many: usize,
     /// EndpointSlice changes timed.
     slice_changes: usize,
+    /// Traffic forwarded through a node.
+    forward: forward::Plan,
 }
 
 impl Plan {
@@ -52,6 +58,14 @@ impl Plan {
                 // `nft -f` alone takes ~100 s for 10,000 services here.
                 many: 1_000,
                 slice_changes: 5,
+                forward: forward::Plan {
+                    rounds: 1,
+                    duration: Duration::from_millis(300),
+                    stream: Duration::from_millis(300),
+                    max_stream_bytes: 4 << 30,
+                    workers: 2,
+                    many: 1_000,
+                },
             }
         } else {
             Plan {
@@ -66,6 +80,16 @@ impl Plan {
                 },
                 many: 10_000,
                 slice_changes: 21,
+                // More, shorter rounds than above: a burst of other work on this shared
+                // machine then spoils fewer of the paired rounds the ratios come from.
+                forward: forward::Plan {
+                    rounds: 8,
+                    duration: Duration::from_secs(1),
+                    stream: Duration::from_millis(750),
+                    max_stream_bytes: 16 << 30,
+                    workers: 2,
+                    many: 10_000,
+                },
             }
         }
     }
@@ -120,6 +144,8 @@ pub fn run(options: &Options) -> Report {
             f.setup, f.connects, f.failed, f.recovered_after
         );
     }
+    // Its agent and namespaces would only idle from here on.
+    drop(lab);
     eprintln!(
         "bench: Kubernetes: {} Services with a slice each from a fake API server",
         plan.many
@@ -133,6 +159,7 @@ pub fn run(options: &Options) -> Report {
         );
     }
     report.kubernetes = Some(k);
+    report.forwarded = Some(forward::measure(&plan.forward));
     report
 }
 

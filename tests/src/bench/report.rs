@@ -4,6 +4,8 @@
 use std::{collections::BTreeMap, fmt::Write as _, path::Path, time::Duration};
 
 use super::{
+    chart::{self, Panel},
+    forward::{Forwarded, Forwarder},
     kubernetes::KubernetesBench,
     lab::{Contender, Failover, Footprint, HealthChange, Install, WeftChange, WeightChange},
     load::Sample,
@@ -29,6 +31,8 @@ pub struct Report {
     pub failover: Vec<Failover>,
     /// The Kubernetes source at the larger scale.
     pub kubernetes: Option<KubernetesBench>,
+    /// Traffic forwarded through a node: the TC path.
+    pub forwarded: Option<Forwarded>,
 }
 
 /// Medians over the rounds of one contender at one scale.
@@ -40,7 +44,7 @@ pub struct Summary {
     pub failures: u64,
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(super) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     match values.len() {
         0 => f64::NAN,
@@ -51,16 +55,18 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// The median of round-by-round rate ratios `a[i] / b[i]`: rounds ran back to back, so
 /// drift between rounds cancels out.
-fn paired_ratio(a: &[Sample], b: &[Sample]) -> Option<f64> {
-    let ratios: Vec<f64> = a
-        .iter()
-        .zip(b)
-        .map(|(a, b)| a.per_second / b.per_second)
-        .collect();
+pub(super) fn paired_ratio(a: &[Sample], b: &[Sample]) -> Option<f64> {
+    let rate = |samples: &[Sample]| samples.iter().map(|s| s.per_second).collect::<Vec<_>>();
+    paired(&rate(a), &rate(b))
+}
+
+/// The median of `a[i] / b[i]`, round by round.
+pub(super) fn paired(a: &[f64], b: &[f64]) -> Option<f64> {
+    let ratios: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
     (!ratios.is_empty()).then(|| median(ratios))
 }
 
-fn summarize(samples: &[Sample]) -> Option<Summary> {
+pub(super) fn summarize(samples: &[Sample]) -> Option<Summary> {
     if samples.is_empty() {
         return None;
     }
@@ -91,6 +97,7 @@ impl Report {
             stats_on_off: (Vec::new(), Vec::new()),
             failover: Vec::new(),
             kubernetes: None,
+            forwarded: None,
         }
     }
 
@@ -141,6 +148,10 @@ impl Report {
             }
         }
         problems.extend(self.weft_programming_problems());
+        match &self.forwarded {
+            None => problems.push("forwarded traffic: no numbers".into()),
+            Some(f) => problems.extend(f.problems()),
+        }
         match &self.kubernetes {
             None => problems.push("weft with Kubernetes: no numbers".into()),
             Some(k) if k.changes.is_empty() => {
@@ -279,6 +290,9 @@ impl Report {
         out.push_str(&self.footprint_section());
         out.push_str(&self.stats_section());
         out.push_str(&self.failover_section());
+        if let Some(f) = &self.forwarded {
+            out.push_str(&f.section());
+        }
         out.push_str(&self.targets());
         out
     }
@@ -481,6 +495,9 @@ impl Report {
         self.footprint_targets(&mut out);
         self.failover_targets(&mut out);
         self.kubernetes_targets(&mut out);
+        if let Some(f) = &self.forwarded {
+            f.target_rows(&mut out);
+        }
         out
     }
 
@@ -587,83 +604,33 @@ impl Report {
         }
     }
 
-    /// Grouped bars: each contender's rate relative to direct, per scale.
+    /// Grouped bars per scale: each contender's rate relative to direct, and below it the
+    /// forwarded contenders' relative to routing.
     pub fn svg(&self) -> String {
-        let (width, height, left, top, bar) = (720.0, 320.0, 60.0, 30.0, 22.0);
-        let plot_h = height - top - 60.0;
-        let max = Contender::ALL
-            .iter()
-            .flat_map(|&c| [1, self.many].map(|s| self.ratio(s, c).unwrap_or(0.0)))
-            .fold(1.0_f64, f64::max)
-            .max(1.0);
-        let y = |v: f64| top + plot_h * (1.0 - v / max);
-        let mut out = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-             <text x=\"{left}\" y=\"18\" font-size=\"14\">Short connections per second, relative to direct (higher is better)</text>\n"
-        );
-        for tick in [0.0, 0.25, 0.5, 0.75, 1.0] {
-            let v = tick * max;
-            let _ = writeln!(
-                out,
-                "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.2}</text>",
-                width - 10.0,
-                y(v),
-                y(v),
-                left - 6.0,
-                y(v) + 4.0
-            );
+        let legend = |many: usize| ["1 service".to_string(), format!("{many} services")];
+        let mut panels = vec![Panel {
+            title: "Short connections per second, relative to direct (higher is better)".into(),
+            legend: legend(self.many),
+            groups: Contender::ALL
+                .iter()
+                .map(|&c| (c.name(), [1, self.many].map(|s| self.ratio(s, c))))
+                .collect(),
+        }];
+        if let Some(f) = &self.forwarded {
+            panels.push(Panel {
+                title: "Forwarded through a node: connections per second, relative to routing"
+                    .into(),
+                legend: legend(f.many),
+                groups: Forwarder::ALL
+                    .iter()
+                    .map(|&k| {
+                        let ratios = [1, f.many].map(|s| f.ratio(s, k, Forwarder::Routing));
+                        (k.name(), ratios)
+                    })
+                    .collect(),
+            });
         }
-        let colors = ["#888888", "#2b7bba"];
-        let group = (width - left - 20.0) / Contender::ALL.len() as f64;
-        for (ci, c) in Contender::ALL.iter().enumerate() {
-            let x0 = left + group * ci as f64 + group / 2.0 - bar;
-            for (si, scale) in [1, self.many].iter().enumerate() {
-                let x = x0 + si as f64 * (bar + 2.0);
-                match self.ratio(*scale, *c) {
-                    Some(r) => {
-                        let _ = writeln!(
-                            out,
-                            "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar}\" height=\"{:.1}\" fill=\"{}\"><title>{} at {scale}: {r:.2}</title></rect><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{r:.2}</text>",
-                            y(r),
-                            (y(0.0) - y(r)).max(0.0),
-                            colors[si],
-                            c.name(),
-                            x + bar / 2.0,
-                            y(r) - 3.0
-                        );
-                    }
-                    None => {
-                        let _ = writeln!(
-                            out,
-                            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">n/a</text>",
-                            x + bar / 2.0,
-                            y(0.0) - 3.0
-                        );
-                    }
-                }
-            }
-            let _ = writeln!(
-                out,
-                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
-                x0 + bar,
-                y(0.0) + 16.0,
-                c.name()
-            );
-        }
-        let legend_y = height - 14.0;
-        let many = format!("{} services", self.many);
-        for (si, label) in ["1 service", many.as_str()].iter().enumerate() {
-            let x = left + si as f64 * 140.0;
-            let _ = writeln!(
-                out,
-                "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{legend_y}\">{label}</text>",
-                legend_y - 10.0,
-                colors[si],
-                x + 16.0
-            );
-        }
-        out + "</svg>\n"
+        chart::svg(&panels)
     }
 
     /// Writes the markdown to `path` and the chart beside it.
@@ -685,7 +652,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn target_row(out: &mut String, target: &str, measured: String, ok: bool) {
+pub(super) fn target_row(out: &mut String, target: &str, measured: String, ok: bool) {
     let verdict = if ok { "met" } else { "**missed**" };
     let _ = writeln!(out, "| {target} | {measured} | {verdict} |");
 }

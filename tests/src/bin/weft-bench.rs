@@ -1,6 +1,6 @@
 //! `cargo xtask bench [--quick]` runs this: every contender measured back to back, the
-//! report written as markdown with an SVG chart. Needs root, iptables, nft and haproxy
-//! (`cargo xtask bench` installs them).
+//! report written as markdown with an SVG chart. Needs root, iptables, nft, haproxy and
+//! ethtool (`cargo xtask bench` installs them).
 
 use std::{path::PathBuf, process::ExitCode};
 
