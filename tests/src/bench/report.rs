@@ -60,9 +60,15 @@ pub(super) fn paired_ratio(a: &[Sample], b: &[Sample]) -> Option<f64> {
     paired(&rate(a), &rate(b))
 }
 
-/// The median of `a[i] / b[i]`, round by round.
+/// The median of `a[i] / b[i]`, round by round; a round whose baseline measured nothing
+/// (a failed stream, reported apart) has no ratio.
 pub(super) fn paired(a: &[f64], b: &[f64]) -> Option<f64> {
-    let ratios: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
+    let ratios: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .filter(|(_, b)| **b > 0.0)
+        .map(|(a, b)| a / b)
+        .collect();
     (!ratios.is_empty()).then(|| median(ratios))
 }
 

@@ -49,9 +49,12 @@ pub fn measure(plan: &Plan) -> Forwarded {
         for node in &nodes {
             node.wait_ready();
         }
-        // A B C D, A B C D, ...: drift on this shared machine hits every contender alike.
+        // A B C D, B C D A, ...: drift on this shared machine hits every contender alike,
+        // and whatever one contender's stream leaves behind (socket memory, softirq
+        // backlog) does not always fall on the same next one.
         for round in 0..plan.rounds {
-            for node in &nodes {
+            for k in 0..nodes.len() {
+                let node = &nodes[(round + k) % nodes.len()];
                 let sample = node.short(plan.workers, plan.duration);
                 let stream = node.bulk(plan.stream, plan.max_stream_bytes);
                 eprintln!(

@@ -155,11 +155,12 @@ impl Forwarded {
         let _ = writeln!(
             out,
             "Short connections: the workload above, {} client threads, {} rounds of {:.1} s. \
-             Bulk: one TCP stream from the client into a sink at an endpoint for {:.1} s (at \
+             Bulk: one TCP stream from the client into a sink at an endpoint for {:.2} s (at \
              most {} GiB), counted once the sink confirms every byte; through the measured \
              service's second port, or straight to an endpoint for routing. Contenders \
-             alternate within each round (A B C D), short connections then a stream each; \
-             ratios are medians of per-round ratios.\n",
+             alternate within each round, each round starting one contender later (A B C D, \
+             B C D A, ...), short connections then a stream each; ratios are medians of \
+             per-round ratios.\n",
             self.workers,
             self.rounds,
             self.duration.as_secs_f64(),
