@@ -575,3 +575,70 @@ fn forwarded_flows_are_counted_per_service_and_endpoint() {
         "TC flows have no RTT: {row:#}"
     );
 }
+
+/// Entries the pinned flow table was created with, and what `weft status` says it holds
+/// at most (sampled at most once a second: waited for, up to 3 s).
+fn flow_table(env: &Env, want: u64) -> (u64, u64) {
+    let pin = env.agent().bpffs_dir.join("maps/WEFT_FLOWS_V1");
+    let pinned = aya::maps::MapInfo::from_pin(&pin)
+        .map(|info| u64::from(info.max_entries()))
+        .unwrap_or_else(|e| panic!("{}: {e}", pin.display()));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let status = env.agent().cli_json(&["status"]);
+        let shown = status["maps"]
+            .as_array()
+            .expect("maps")
+            .iter()
+            .find(|m| m["name"] == "WEFT_FLOWS_V1")
+            .and_then(|m| m["capacity"].as_u64())
+            .unwrap_or(0);
+        if shown == want || Instant::now() >= deadline {
+            return (pinned, shown);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_flow_table_is_sized_by_tc_max_flows_and_resized_only_when_created_anew() {
+    let config = |flows: u32| format!("tc: {{ max_flows: {flows} }}\n{}", web((1, 1)));
+    let Some((mut env, topology)) = node("tc-size", &config(4096)) else {
+        return;
+    };
+    assert_eq!(flow_table(&env, 8192), (8192, 8192), "two entries per flow");
+    let (_, stream) = open(&topology, addr(WEB));
+
+    // A new size: the table in use keeps its flows and its size, and the log says why.
+    let mark = env.agent().log_mark();
+    env.agent().write_config(&config(2048));
+    let line = env
+        .agent_mut()
+        .wait_for_log(mark, "tc.max_flows changed", Duration::from_secs(5));
+    assert!(line.contains("weft reset"), "{line}");
+    assert_eq!(flow_table(&env, 8192), (8192, 8192));
+    echo(&stream, 10_000).expect("the established flow is kept");
+
+    // Restarted on the same pins: still the old size, said again.
+    assert!(env.agent_mut().signal(libc::SIGTERM).success());
+    let mark = env.agent().log_mark();
+    env.agent_mut().spawn();
+    env.agent_mut()
+        .wait_for_log(mark, "config applied", Duration::from_secs(30));
+    assert!(
+        env.agent().log_text()[mark..].contains("keeps the size it was created with"),
+        "{}",
+        &env.agent().log_text()[mark..]
+    );
+    assert_eq!(flow_table(&env, 8192), (8192, 8192));
+
+    // `weft reset` under the running agent: it recreates the table at the configured size.
+    let mark = env.agent().log_mark();
+    let output = env.agent().reset();
+    assert!(output.status.success(), "{output:?}");
+    env.agent_mut()
+        .wait_for_log(mark, "datapath back in place", Duration::from_secs(10));
+    assert_eq!(flow_table(&env, 4096), (4096, 4096));
+    let (endpoint, _) = open(&topology, addr(WEB));
+    assert!(["a", "b"].contains(&endpoint.as_str()), "{endpoint}");
+}

@@ -414,29 +414,64 @@ fn a_reused_client_port_starts_a_new_flow_in_the_closed_flows_entries() {
     else {
         return;
     };
-    translated(&lab.ingress(&packet(client, vip, tcp(SYN))), client, endpoint);
-    translated(&lab.egress(&packet(endpoint, client, tcp(SYN | ACK))), vip, client);
-    translated(&lab.ingress(&packet(client, vip, tcp(ACK))), client, endpoint);
-    translated(&lab.ingress(&packet(client, vip, tcp(FIN | ACK))), client, endpoint);
-    translated(&lab.egress(&packet(endpoint, client, tcp(FIN | ACK))), vip, client);
+    translated(
+        &lab.ingress(&packet(client, vip, tcp(SYN))),
+        client,
+        endpoint,
+    );
+    translated(
+        &lab.egress(&packet(endpoint, client, tcp(SYN | ACK))),
+        vip,
+        client,
+    );
+    translated(
+        &lab.ingress(&packet(client, vip, tcp(ACK))),
+        client,
+        endpoint,
+    );
+    translated(
+        &lab.ingress(&packet(client, vip, tcp(FIN | ACK))),
+        client,
+        endpoint,
+    );
+    translated(
+        &lab.egress(&packet(endpoint, client, tcp(FIN | ACK))),
+        vip,
+        client,
+    );
     let before = lab.flows();
     assert_eq!(before.len(), 2, "one flow, two entries: {before:?}");
     let created = before[0].1.created_ns;
     // The same client port again: a new flow, to the same endpoint (same hash, same table).
-    translated(&lab.ingress(&packet(client, vip, tcp(SYN))), client, endpoint);
+    translated(
+        &lab.ingress(&packet(client, vip, tcp(SYN))),
+        client,
+        endpoint,
+    );
     let after = lab.flows();
     assert_eq!(after.len(), 2, "still two entries: {after:?}");
     for (key, value) in &after {
-        assert!(value.created_ns >= created, "{key:?} starts anew: {value:?}");
+        assert!(
+            value.created_ns >= created,
+            "{key:?} starts anew: {value:?}"
+        );
         if key.dir == flow_dir::FORWARD {
             assert_eq!(value.packets, 1, "only the new SYN counts: {value:?}");
             assert_eq!(value.flags, weft_common::flow_flags::SYN, "{value:?}");
         } else {
-            assert_eq!((value.packets, value.flags), (0, 0), "no reply yet: {value:?}");
+            assert_eq!(
+                (value.packets, value.flags),
+                (0, 0),
+                "no reply yet: {value:?}"
+            );
         }
     }
     // The new flow's replies are translated as before.
-    translated(&lab.egress(&packet(endpoint, client, tcp(SYN | ACK))), vip, client);
+    translated(
+        &lab.egress(&packet(endpoint, client, tcp(SYN | ACK))),
+        vip,
+        client,
+    );
 }
 
 #[test]

@@ -257,8 +257,8 @@ impl Shared {
         let flows = sample.tc_counters.is_some().then(|| MapView {
             name: names::FLOWS.to_string(),
             entries: Some(sample.flows),
-            capacity: u64::from(maps::FLOWS_CAPACITY),
-            approx_bytes: u64::from(maps::FLOWS_CAPACITY)
+            capacity: sample.flows_capacity,
+            approx_bytes: sample.flows_capacity
                 * (size_of::<FlowKey>() + size_of::<FlowValue>()) as u64,
         });
         let mut views = vec![

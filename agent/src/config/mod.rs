@@ -26,6 +26,36 @@ pub struct Config {
     pub services: Vec<Arc<ServiceSpec>>,
     /// The agent-wide `stats:` block, if this file holds it.
     pub stats: Option<StatsSettings>,
+    /// The agent-wide `tc:` block, if this file holds it.
+    pub tc: Option<TcSettings>,
+}
+
+/// Agent-wide settings of the TC path (`tc:`; at most one file of a directory holds them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcSettings {
+    /// Flows the conntrack table holds (`max_flows`); two entries each, one per direction.
+    /// The table is allocated whole when it is created and keeps its size while pinned.
+    pub max_flows: u32,
+}
+
+impl TcSettings {
+    pub const DEFAULT_MAX_FLOWS: u32 = weft_common::maps::FLOWS_CAPACITY / 2;
+    pub const MIN_MAX_FLOWS: u32 = 1_024;
+    /// 8 Mi flows: about 1.7 GiB of kernel memory.
+    pub const MAX_MAX_FLOWS: u32 = 1 << 23;
+
+    /// Entries of the flow table: one per direction of each flow.
+    pub fn table_entries(self) -> u32 {
+        self.max_flows * 2
+    }
+}
+
+impl Default for TcSettings {
+    fn default() -> Self {
+        TcSettings {
+            max_flows: Self::DEFAULT_MAX_FLOWS,
+        }
+    }
 }
 
 /// Agent-wide statistics switches (`stats:`; at most one file of a directory holds them).
@@ -332,5 +362,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("stats"), "{error}");
+    }
+
+    #[test]
+    fn the_flow_table_is_sized_in_flows_within_bounds() {
+        let config = Config::parse("tc: { max_flows: 1000000 }\n").unwrap();
+        assert_eq!(
+            config.tc,
+            Some(TcSettings {
+                max_flows: 1_000_000
+            })
+        );
+        assert_eq!(config.tc.map(TcSettings::table_entries), Some(2_000_000));
+        assert_eq!(
+            Config::parse("tc: {}\n").unwrap().tc,
+            Some(TcSettings::default())
+        );
+        assert_eq!(Config::parse("services: []\n").unwrap().tc, None);
+        for bad in ["-1", "0", "1023", "8388609", "99999999999"] {
+            let error = Config::parse(&format!("tc: {{ max_flows: {bad} }}\n"))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(error.matches("tc.max_flows").count(), 1, "{error}");
+            assert!(error.contains(&format!("{bad} is out of range")), "{error}");
+        }
+        let error = Config::parse("tc: { max_flow: 5000 }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown field `max_flow`"), "{error}");
     }
 }

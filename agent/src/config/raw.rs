@@ -12,6 +12,13 @@ pub struct RawConfig {
     #[serde(default)]
     pub services: Vec<RawService>,
     pub stats: Option<RawStats>,
+    pub tc: Option<RawTc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTc {
+    pub max_flows: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

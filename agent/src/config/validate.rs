@@ -11,7 +11,7 @@ use weft_common::maps;
 
 use super::{
     Config, ConfigError, EndpointSpec, FieldError, Frontend, HealthCheck, Outlier, Probe, Protocol,
-    ServiceSpec, StatsSettings,
+    ServiceSpec, StatsSettings, TcSettings,
     raw::{RawConfig, RawEndpoint, RawHealth, RawOutlier, RawService},
 };
 use crate::layout;
@@ -68,9 +68,11 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if errors.0.is_empty() {
         check_capacity(&services, &mut errors);
     }
+    let tc = raw.tc.map(|raw| tc_settings(raw, &mut errors));
     if errors.0.is_empty() {
         Ok(Config {
             services,
+            tc,
             stats: raw.stats.map(|stats| {
                 let defaults = StatsSettings::default();
                 StatsSettings {
@@ -82,6 +84,28 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     } else {
         Err(ConfigError::Invalid(errors.0))
     }
+}
+
+fn tc_settings(raw: super::raw::RawTc, errors: &mut Errors) -> TcSettings {
+    let defaults = TcSettings::default();
+    let max_flows = match raw.max_flows {
+        None => defaults.max_flows,
+        Some(n) => match u32::try_from(n) {
+            Ok(n @ TcSettings::MIN_MAX_FLOWS..=TcSettings::MAX_MAX_FLOWS) => n,
+            _ => {
+                errors.add(
+                    "tc.max_flows",
+                    format!(
+                        "{n} is out of range {}..={} (flows in the TC path's conntrack table)",
+                        TcSettings::MIN_MAX_FLOWS,
+                        TcSettings::MAX_MAX_FLOWS
+                    ),
+                );
+                defaults.max_flows
+            }
+        },
+    };
+    TcSettings { max_flows }
 }
 
 /// Health checks by value: services with the same check share one.

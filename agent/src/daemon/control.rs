@@ -20,12 +20,13 @@ use tracing::{debug, error, info, warn};
 use super::{DaemonError, Options};
 use crate::{
     api::{AgentInfo, DatapathHealth, Shared, view::ProgramView},
+    config::TcSettings,
     datapath::{self, ApplyReport, Datapath},
     health::{self, ProbeOutcome, ProbeResult, Prober},
     plan::ServicePlan,
     source::{Origin, SourceEvent, SourceKind},
     stats::{self, ConnEvent, ConnectOutcome},
-    store::{Installed, Snapshot, Store},
+    store::{Held, Installed, Snapshot, Store},
 };
 
 /// How often the pins are checked (seconds until a `weft reset` under the agent is noticed).
@@ -94,6 +95,7 @@ impl Control {
                 bpffs_dir: options.bpffs_dir.clone(),
                 cgroup: options.cgroup.clone().unwrap_or_default(),
                 tc_interfaces: options.tc_interfaces.clone(),
+                flow_table_entries: TcSettings::default().table_entries(),
             },
             cgroup_given: options.cgroup.is_some(),
             wiring,
@@ -129,6 +131,7 @@ impl Control {
         if !self.cgroup_given {
             self.datapath.cgroup = datapath::discover_cgroup2_root()?;
         }
+        self.datapath.flow_table_entries = initial_tc_settings(&initial).table_entries();
         let mut datapath = Datapath::open(&self.datapath)?;
         info!(
             cgroup = %self.datapath.cgroup.display(),
@@ -165,6 +168,18 @@ impl Control {
             .serve(initial, sources, probe_rx, passive_rx, stop)
             .await
     }
+}
+
+/// The `tc:` block the files delivered at start hold (conflicts are reported when the
+/// events are applied): the flow table is created with its size.
+fn initial_tc_settings(initial: &[SourceEvent]) -> TcSettings {
+    let mut held = Held::<TcSettings>::default();
+    for event in initial {
+        if let SourceEvent::Accepted { origin, tc, .. } = event {
+            let _ = held.claim("tc", origin, *tc);
+        }
+    }
+    held.value
 }
 
 /// When to retry services that could not be installed, backing off while they keep failing.
@@ -229,6 +244,26 @@ struct Reloads {
 }
 
 impl Agent {
+    /// `tc.max_flows` changed: a datapath created from now on (a reinstall after
+    /// `weft reset`) gets the new size; the table in use keeps its own, which is said once
+    /// per configured size.
+    fn warn_if_flow_table_differs(&mut self) {
+        let configured = self.store.tc_settings().table_entries();
+        if configured == self.options.flow_table_entries {
+            return;
+        }
+        self.options.flow_table_entries = configured;
+        if let Some(entries) = self.datapath.flow_table_entries()
+            && entries != configured
+        {
+            warn!(
+                flows = entries / 2,
+                configured = configured / 2,
+                "tc.max_flows changed; the TC flow table keeps the size it was created with until `weft reset` (the agent then recreates it at the configured size)"
+            );
+        }
+    }
+
     async fn serve(
         &mut self,
         initial: Vec<SourceEvent>,
@@ -318,6 +353,7 @@ impl Agent {
                 origin,
                 deltas,
                 stats,
+                tc,
             } => {
                 let changed = !deltas.is_empty();
                 // Conflicts are kept sorted by name, not by arrival: the new ones are those
@@ -336,6 +372,11 @@ impl Agent {
                     error!("{conflict}");
                     ok = false;
                 }
+                if let Err(conflict) = self.store.claim_tc(&origin, tc) {
+                    error!("{conflict}");
+                    ok = false;
+                }
+                self.warn_if_flow_table_differs();
                 reloads.changed |= changed || stats != crate::source::StatsClaim::Unchanged;
                 reloads.origins.push((origin, ok));
             }
@@ -654,8 +695,8 @@ fn spawn_reader(
 }
 
 /// How often the TC flow table is walked for expired flows: often enough that a closed
-/// flow's 10 s linger is not doubled, rarely enough that a full table (a walk of ~0.5 s of
-/// syscalls) costs a few percent of one core.
+/// flow's 10 s linger is not doubled, rarely enough that walking a full table (read in
+/// batches, some tens of milliseconds for a quarter of a million entries) costs little.
 const FLOW_SWEEP: Duration = Duration::from_secs(5);
 
 /// Expires old TC flows until aborted (with the rest of the reader), off the runtime's

@@ -191,6 +191,13 @@ impl FlowReader {
         })
     }
 
+    /// Entries the table was created with (two per flow).
+    pub fn capacity(&self) -> u64 {
+        aya::maps::IterableMap::map(&self.map)
+            .info()
+            .map_or(0, |info| u64::from(info.max_entries()))
+    }
+
     /// Every flow with a client entry. Entries that vanish during the walk are skipped.
     pub fn flows(&self) -> Vec<Flow> {
         pair(walk(&self.map, &mut true)).0

@@ -50,6 +50,9 @@ pub struct Options {
     pub cgroup: PathBuf,
     /// Interfaces the TC programs attach to (none: the TC path is off).
     pub tc_interfaces: Vec<String>,
+    /// Entries of the TC flow table when it is created (`tc.max_flows`, two per flow); a
+    /// pinned table keeps the size it was created with.
+    pub flow_table_entries: u32,
 }
 
 /// The TC path's maps: pinned and sized only when TC programs are attached (unattached,
@@ -70,6 +73,8 @@ pub struct Datapath {
     /// Service addresses for the TC programs (when they are attached).
     vips: Option<vips::Vips>,
     flow_expiry: Option<FlowExpiry>,
+    /// Entries the TC flow table was created with (when TC programs are attached).
+    flow_table_entries: Option<u32>,
     installed: Installed,
     pins: pins::Pins,
     /// Holds the programs (and the links it manages) for the agent's lifetime.
@@ -86,16 +91,19 @@ impl Datapath {
         fs::raise_memlock_limit();
         let layout = fs::Layout::create(&options.bpffs_dir)?;
         let tc_on = !options.tc_interfaces.is_empty();
+        let mut flow_table_entries = None;
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&layout.maps);
         if tc_on {
             for name in TC_MAPS {
                 loader.map_pin_path(name, layout.maps.join(name));
             }
-            loader.map_max_entries(
-                weft_common::maps::FLOWS,
-                flows_capacity(&layout.maps.join(weft_common::maps::FLOWS)),
+            let entries = flows_capacity(
+                &layout.maps.join(weft_common::maps::FLOWS),
+                options.flow_table_entries,
             );
+            loader.map_max_entries(weft_common::maps::FLOWS, entries);
+            flow_table_entries = Some(entries);
             loader.map_max_entries(weft_common::maps::FRAGS, weft_common::maps::FRAGS_CAPACITY);
         } else {
             remove_tc_maps(&layout.maps)?;
@@ -158,6 +166,7 @@ impl Datapath {
             tc_attachments,
             vips,
             flow_expiry,
+            flow_table_entries,
             installed,
             pins,
             _ebpf: ebpf,
@@ -178,6 +187,11 @@ impl Datapath {
     /// without TC programs).
     pub fn take_flow_expiry(&mut self) -> Option<FlowExpiry> {
         self.flow_expiry.take()
+    }
+
+    /// Entries of the TC flow table (none without TC programs).
+    pub fn flow_table_entries(&self) -> Option<u32> {
+        self.flow_table_entries
     }
 
     /// Whether everything this datapath pinned is still pinned (see `pins`).
@@ -291,11 +305,23 @@ pub fn links_dir(bpffs_dir: &Path) -> PathBuf {
 }
 
 /// Entries of the TC flow map: the size it was created with if it is pinned already (an
-/// LRU map is allocated whole and cannot be resized in place), else the default.
-fn flows_capacity(pin: &Path) -> u32 {
-    aya::maps::MapInfo::from_pin(pin)
-        .map(|info| info.max_entries())
-        .unwrap_or(weft_common::maps::FLOWS_CAPACITY)
+/// LRU map is allocated whole and cannot be resized in place: its flows would be lost),
+/// else the configured size.
+fn flows_capacity(pin: &Path, configured: u32) -> u32 {
+    match aya::maps::MapInfo::from_pin(pin) {
+        Ok(info) => {
+            let pinned = info.max_entries();
+            if pinned != configured {
+                warn!(
+                    pinned = pinned / 2,
+                    configured = configured / 2,
+                    "the TC flow table keeps the size it was created with (flows); tc.max_flows takes effect once it is created anew: `weft reset`, then start the agent"
+                );
+            }
+            pinned
+        }
+        Err(_) => configured,
+    }
 }
 
 /// Without TC programs the TC maps have no use: an earlier agent's pins go (its flows with

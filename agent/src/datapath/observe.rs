@@ -103,6 +103,11 @@ impl Observer {
         self.tc.as_ref().map(|(f, _)| f.flows()).unwrap_or_default()
     }
 
+    /// Entries the TC flow table holds at most (0 without TC programs).
+    pub fn flows_capacity(&self) -> u64 {
+        self.tc.as_ref().map_or(0, |(f, _)| f.capacity())
+    }
+
     /// The TC programs' counts (none without TC programs).
     pub fn tc_counters(&self) -> Option<TcCounters> {
         let (_, counters) = self.tc.as_ref()?;

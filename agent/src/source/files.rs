@@ -22,8 +22,8 @@ use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::{Delta, Origin, SourceEvent, SourceKind, StatsClaim};
-use crate::config::{self, Config, ConfigError, ServiceSpec, StatsSettings};
+use super::{Claim, Delta, Origin, SourceEvent, SourceKind};
+use crate::config::{self, Config, ConfigError, ServiceSpec, StatsSettings, TcSettings};
 
 /// Settling time after an event: editors may write in several steps. Short, because an
 /// atomic rename (editors, ConfigMap swaps) is complete when its event arrives, and this
@@ -273,6 +273,7 @@ struct Tracked {
     digest: u64,
     services: HashMap<Arc<str>, Arc<ServiceSpec>>,
     stats: Option<StatsSettings>,
+    tc: Option<TcSettings>,
 }
 
 /// The files of the target and what each defined: the memory that lets a change be handed
@@ -416,7 +417,9 @@ impl Files {
         self.rejected.remove(path);
         let origin = Origin::File(path.into());
         let previous = self.tracked.remove(path);
-        let (mut old, old_stats) = previous.map(|t| (t.services, t.stats)).unwrap_or_default();
+        let (mut old, old_stats, old_tc) = previous
+            .map(|t| (t.services, t.stats, t.tc))
+            .unwrap_or_default();
         let mut services = HashMap::with_capacity(config.services.len());
         let mut upserts = Vec::new();
         for spec in config.services {
@@ -432,11 +435,8 @@ impl Files {
         // Removals first: a service renamed at the same address frees it for its new name.
         let mut deltas = removals(&origin, old);
         deltas.extend(upserts);
-        let stats = match (old_stats, config.stats) {
-            (before, now) if before == now => StatsClaim::Unchanged,
-            (_, Some(now)) => StatsClaim::Set(now),
-            (_, None) => StatsClaim::Cleared,
-        };
+        let stats = Claim::between(old_stats, config.stats);
+        let tc = Claim::between(old_tc, config.tc);
         self.tracked.insert(
             path.to_path_buf(),
             Tracked {
@@ -444,12 +444,14 @@ impl Files {
                 digest,
                 services,
                 stats: config.stats,
+                tc: config.tc,
             },
         );
         SourceEvent::Accepted {
             origin,
             deltas,
             stats,
+            tc,
         }
     }
 
@@ -477,11 +479,8 @@ impl Files {
         let origin = Origin::File(path.into());
         Some(SourceEvent::Accepted {
             deltas: removals(&origin, tracked.services),
-            stats: if tracked.stats.is_some() {
-                StatsClaim::Cleared
-            } else {
-                StatsClaim::Unchanged
-            },
+            stats: Claim::between(tracked.stats, None),
+            tc: Claim::between(tracked.tc, None),
             origin,
         })
     }
@@ -553,13 +552,37 @@ mod tests {
         let SourceEvent::Accepted { stats, .. } = files.accept(path, None, 1, with) else {
             panic!()
         };
-        assert!(matches!(stats, StatsClaim::Set(s) if !s.connections));
+        assert!(matches!(stats, Claim::Set(s) if !s.connections));
         let SourceEvent::Accepted { stats, .. } =
             files.accept(path, None, 2, config("services: []\n"))
         else {
             panic!()
         };
-        assert_eq!(stats, StatsClaim::Cleared);
+        assert_eq!(stats, Claim::Cleared);
+    }
+
+    #[test]
+    fn the_tc_block_is_claimed_changed_and_released_with_its_file() {
+        let mut files = Files::default();
+        let path = Path::new("/etc/weft/a.yaml");
+        let mut tc = |text: &str, digest| match files.accept(path, None, digest, config(text)) {
+            SourceEvent::Accepted { tc, stats, .. } => {
+                assert_eq!(stats, Claim::Unchanged, "the stats block is another claim");
+                tc
+            }
+            _ => panic!("accepted"),
+        };
+        let set = |max_flows| Claim::Set(TcSettings { max_flows });
+        assert_eq!(tc("tc: { max_flows: 4096 }\n", 1), set(4096));
+        assert_eq!(
+            tc("tc: { max_flows: 4096 }\nservices: []\n", 2),
+            Claim::Unchanged
+        );
+        assert_eq!(tc("tc: {}\n", 3), set(TcSettings::DEFAULT_MAX_FLOWS));
+        let Some(SourceEvent::Accepted { tc, .. }) = files.forget(path) else {
+            panic!("forgotten")
+        };
+        assert_eq!(tc, Claim::Cleared);
     }
 
     #[test]

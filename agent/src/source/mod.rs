@@ -7,7 +7,7 @@ pub mod kubernetes;
 
 use std::{fmt, path::Path, sync::Arc};
 
-use crate::config::{ConfigError, ServiceSpec, StatsSettings};
+use crate::config::{ConfigError, ServiceSpec, StatsSettings, TcSettings};
 
 /// The file (or Kubernetes object) a service was defined in.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,12 +38,26 @@ pub enum Delta {
     Remove { origin: Origin, name: Arc<str> },
 }
 
-/// Whether an origin holds the agent-wide `stats:` block.
+/// Whether an origin holds an agent-wide block (`stats:`, `tc:`): at most one origin may.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StatsClaim {
+pub enum Claim<T> {
     Unchanged,
-    Set(StatsSettings),
+    Set(T),
     Cleared,
+}
+
+pub type StatsClaim = Claim<StatsSettings>;
+pub type TcClaim = Claim<TcSettings>;
+
+impl<T: PartialEq> Claim<T> {
+    /// The claim of an origin whose block was `before` and is `now`.
+    pub fn between(before: Option<T>, now: Option<T>) -> Claim<T> {
+        match (before, now) {
+            (before, now) if before == now => Claim::Unchanged,
+            (_, Some(now)) => Claim::Set(now),
+            (_, None) => Claim::Cleared,
+        }
+    }
 }
 
 /// Which source an event comes from (each says when it has delivered what it had).
@@ -70,6 +84,7 @@ pub enum SourceEvent {
         origin: Origin,
         deltas: Vec<Delta>,
         stats: StatsClaim,
+        tc: TcClaim,
     },
     /// An origin was rejected whole; what it defined before keeps serving.
     Rejected { origin: Origin, error: ConfigError },

@@ -20,6 +20,8 @@ pub struct KernelSample {
     pub counters: KernelCounters,
     /// Flow-table entries of the TC path (two per flow once the endpoint answered).
     pub flows: u64,
+    /// Entries the flow table holds at most (`tc.max_flows`, two per flow when created).
+    pub flows_capacity: u64,
     /// What the TC programs counted, if they are attached.
     pub tc_counters: Option<TcCounters>,
     /// Established translated connections per endpoint of each service: the socket path's
@@ -56,6 +58,7 @@ impl KernelSample {
             .map(|f| 1 + u64::from(f.reverse.is_some()))
             .sum();
         sample.tc_counters = observer.tc_counters();
+        sample.flows_capacity = observer.flows_capacity();
         for flow in &flows {
             let id = ServiceId(flow.service_id());
             if matches!(flow.state(), FlowState::Established | FlowState::Active)

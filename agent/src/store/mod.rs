@@ -19,9 +19,9 @@ use std::{
 pub use catalog::{Active, Catalog};
 
 use crate::{
-    config::{Frontend, HealthCheck, Probe, ServiceSpec, StatsSettings},
+    config::{Frontend, HealthCheck, Probe, ServiceSpec, StatsSettings, TcSettings},
     health::{self, EndpointHealth, ProbeOutcome, State, Transition},
-    source::{Delta, Origin, StatsClaim},
+    source::{Claim, Delta, Origin, StatsClaim, TcClaim},
     stats::ServiceCounters,
 };
 
@@ -140,6 +140,40 @@ impl Snapshot {
     }
 }
 
+/// An agent-wide block and the origin that holds it (the defaults while none does).
+#[derive(Default)]
+pub struct Held<T> {
+    pub value: T,
+    origin: Option<Origin>,
+}
+
+impl<T: Default> Held<T> {
+    /// Takes `origin`'s claim on the block named `block`. Returns the conflict, if another
+    /// origin holds it already (the first to claim it keeps it).
+    pub fn claim(&mut self, block: &str, origin: &Origin, claim: Claim<T>) -> Result<(), String> {
+        match claim {
+            Claim::Unchanged => Ok(()),
+            Claim::Set(value) => match &self.origin {
+                Some(holder) if holder != origin => Err(format!(
+                    "{block}: is set by {holder} and by {origin}; only one file may hold it, the one from {origin} is ignored"
+                )),
+                _ => {
+                    self.origin = Some(origin.clone());
+                    self.value = value;
+                    Ok(())
+                }
+            },
+            Claim::Cleared => {
+                if self.origin.as_ref() == Some(origin) {
+                    self.origin = None;
+                    self.value = T::default();
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Store {
     /// Indexed by `ServiceId`; 0 is never used (the kernel's "none").
@@ -149,8 +183,8 @@ pub struct Store {
     ids: Ids,
     /// Endpoints ejected now: the frequent expiry check walks these, not all.
     ejected: HashSet<EndpointRef>,
-    stats: StatsSettings,
-    stats_origin: Option<Origin>,
+    stats: Held<StatsSettings>,
+    tc: Held<TcSettings>,
     work: Work,
     /// Bumped whenever the set of services or their definitions change.
     generation: u64,
@@ -171,7 +205,7 @@ impl Store {
         Snapshot {
             generation: self.generation,
             services: self.services.clone(),
-            settings: self.stats,
+            settings: self.stats.value,
             conflicts: self.conflicts(),
         }
     }
@@ -197,7 +231,11 @@ impl Store {
     }
 
     pub fn stats_settings(&self) -> StatsSettings {
-        self.stats
+        self.stats.value
+    }
+
+    pub fn tc_settings(&self) -> TcSettings {
+        self.tc.value
     }
 
     pub fn conflicts(&self) -> Vec<String> {
@@ -249,26 +287,12 @@ impl Store {
     /// An origin's claim on the agent-wide `stats:` block. Returns the conflict, if another
     /// origin holds it already.
     pub fn claim_stats(&mut self, origin: &Origin, claim: StatsClaim) -> Result<(), String> {
-        match claim {
-            StatsClaim::Unchanged => Ok(()),
-            StatsClaim::Set(settings) => match &self.stats_origin {
-                Some(holder) if holder != origin => Err(format!(
-                    "stats: is set by {holder} and by {origin}; only one file may hold it, the one from {origin} is ignored"
-                )),
-                _ => {
-                    self.stats_origin = Some(origin.clone());
-                    self.stats = settings;
-                    Ok(())
-                }
-            },
-            StatsClaim::Cleared => {
-                if self.stats_origin.as_ref() == Some(origin) {
-                    self.stats_origin = None;
-                    self.stats = StatsSettings::default();
-                }
-                Ok(())
-            }
-        }
+        self.stats.claim("stats", origin, claim)
+    }
+
+    /// An origin's claim on the agent-wide `tc:` block, likewise.
+    pub fn claim_tc(&mut self, origin: &Origin, claim: TcClaim) -> Result<(), String> {
+        self.tc.claim("tc", origin, claim)
     }
 
     fn set(&mut self, origin: Origin, spec: Arc<ServiceSpec>) {

@@ -20,7 +20,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use super::mapping::{ServiceFacts, SliceFacts, object_key, specs};
 use crate::{
     config::ServiceSpec,
-    source::{Delta, Origin, SourceEvent, StatsClaim},
+    source::{Claim, Delta, Origin, SourceEvent},
 };
 
 /// The two resources the source watches.
@@ -277,7 +277,8 @@ impl ClusterState {
                 events.push(SourceEvent::Accepted {
                     origin,
                     deltas,
-                    stats: StatsClaim::Unchanged,
+                    stats: Claim::Unchanged,
+                    tc: Claim::Unchanged,
                 });
             }
         }
