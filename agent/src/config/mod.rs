@@ -41,7 +41,7 @@ pub struct TcSettings {
 impl TcSettings {
     pub const DEFAULT_MAX_FLOWS: u32 = weft_common::maps::FLOWS_CAPACITY / 2;
     pub const MIN_MAX_FLOWS: u32 = 1_024;
-    /// 8 Mi flows: about 1.7 GiB of kernel memory.
+    /// 8 Mi flows: about 2.7 GiB of kernel memory (~170 bytes per entry).
     pub const MAX_MAX_FLOWS: u32 = 1 << 23;
 
     /// Entries of the flow table: one per direction of each flow.
