@@ -16,6 +16,15 @@ use crate::NetNs;
 
 /// The interface of the node that clients send through.
 pub const CLIENT_SIDE: &str = "vethn";
+/// The client's interface, in its namespace.
+pub const CLIENT_IFACE: &str = "vethc";
+/// Each endpoint's interface, in its namespace.
+pub const ENDPOINT_IFACE: &str = "vethx";
+
+/// The node's interface towards endpoint `i` (from 0).
+pub fn endpoint_side(i: usize) -> String {
+    format!("vethe{}", i + 1)
+}
 
 pub struct Topology {
     pub client: NetNs,
@@ -76,11 +85,11 @@ impl Topology {
     /// Builds the client and `endpoints` endpoint namespaces around `node`.
     pub fn build(test: &str, node: &NetNs, endpoints: usize) -> Topology {
         let client = NetNs::create(&format!("{test}-c"));
-        link(node, CLIENT_SIDE, &client, "vethc");
+        link(node, CLIENT_SIDE, &client, CLIENT_IFACE);
         node.ip(&["addr", "add", "10.0.1.1/24", "dev", CLIENT_SIDE]);
         node.ip(&["addr", "add", "fd01::1/64", "dev", CLIENT_SIDE, "nodad"]);
-        client.ip(&["addr", "add", "10.0.1.2/24", "dev", "vethc"]);
-        client.ip(&["addr", "add", "fd01::2/64", "dev", "vethc", "nodad"]);
+        client.ip(&["addr", "add", "10.0.1.2/24", "dev", CLIENT_IFACE]);
+        client.ip(&["addr", "add", "fd01::2/64", "dev", CLIENT_IFACE, "nodad"]);
         client.ip(&["route", "add", "default", "via", "10.0.1.1"]);
         client.ip(&["-6", "route", "add", "default", "via", "fd01::1"]);
         for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
@@ -91,8 +100,8 @@ impl Topology {
         let mut namespaces = Vec::new();
         for i in 0..endpoints {
             let ns = NetNs::create(&format!("{test}-e{i}"));
-            let node_if = format!("vethe{}", i + 1);
-            link(node, &node_if, &ns, "vethx");
+            let node_if = endpoint_side(i);
+            link(node, &node_if, &ns, ENDPOINT_IFACE);
             node.ip(&[
                 "addr",
                 "add",
@@ -113,14 +122,14 @@ impl Topology {
                 "add",
                 &format!("10.0.{}.2/24", i + 2),
                 "dev",
-                "vethx",
+                ENDPOINT_IFACE,
             ]);
             ns.ip(&[
                 "addr",
                 "add",
                 &format!("fd0{}::2/64", i + 2),
                 "dev",
-                "vethx",
+                ENDPOINT_IFACE,
                 "nodad",
             ]);
             ns.ip(&[

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use crate::{
     NetNs,
-    tc::topology::{CLIENT_SIDE, Topology},
+    tc::topology::{CLIENT_IFACE, CLIENT_SIDE, ENDPOINT_IFACE, Topology, endpoint_side},
 };
 
 /// The features summarised in the report: the ones that decide how big the packets are
@@ -29,13 +29,19 @@ pub struct Offloads {
 impl Offloads {
     pub fn of(node: &NetNs, topology: &Topology) -> Offloads {
         let mut interfaces = vec![(format!("node {CLIENT_SIDE}"), features(node, CLIENT_SIDE))];
-        for i in 1..=topology.endpoints.len() {
-            let name = format!("vethe{i}");
+        for i in 0..topology.endpoints.len() {
+            let name = endpoint_side(i);
             interfaces.push((format!("node {name}"), features(node, &name)));
         }
-        interfaces.push(("client vethc".into(), features(&topology.client, "vethc")));
+        interfaces.push((
+            format!("client {CLIENT_IFACE}"),
+            features(&topology.client, CLIENT_IFACE),
+        ));
         for (i, endpoint) in topology.endpoints.iter().enumerate() {
-            interfaces.push((format!("endpoint {i} vethx"), features(endpoint, "vethx")));
+            interfaces.push((
+                format!("endpoint {i} {ENDPOINT_IFACE}"),
+                features(endpoint, ENDPOINT_IFACE),
+            ));
         }
         Offloads { interfaces }
     }
