@@ -489,6 +489,52 @@ fn without_tcx_clsact_filters_translate_are_replaced_in_place_and_reset_removes_
     assert!(output.status.success());
     assert_eq!(clsact_filters(&env, "ingress"), 0);
     assert_eq!(clsact_filters(&env, "egress"), 0);
+    let qdiscs = show(&env, &["tc", "qdisc", "show", "dev", CLIENT_SIDE]);
+    assert!(!qdiscs.contains("clsact"), "weft's qdisc is left: {qdiscs}");
+
+    // Another tool's filter on the qdisc: reset removes only weft's, the qdisc stays.
+    let mark = env.agent().log_mark();
+    env.agent_mut().spawn();
+    env.agent_mut()
+        .wait_for_log(mark, "config applied", Duration::from_secs(30));
+    show(
+        &env,
+        &[
+            "tc",
+            "filter",
+            "add",
+            "dev",
+            CLIENT_SIDE,
+            "ingress",
+            "prio",
+            "9",
+            "protocol",
+            "all",
+            "u32",
+            "match",
+            "u32",
+            "0",
+            "0",
+        ],
+    );
+    let before = show(
+        &env,
+        &["tc", "filter", "show", "dev", CLIENT_SIDE, "ingress"],
+    );
+    assert!(before.contains("u32"), "the other tool's filter: {before}");
+    assert!(env.agent_mut().signal(libc::SIGTERM).success());
+    assert!(env.agent().reset().status.success());
+    assert_eq!(clsact_filters(&env, "ingress"), 0);
+    let left = show(
+        &env,
+        &["tc", "filter", "show", "dev", CLIENT_SIDE, "ingress"],
+    );
+    assert!(left.contains("u32"), "the other tool's filter: {left}");
+    let qdiscs = show(&env, &["tc", "qdisc", "show", "dev", CLIENT_SIDE]);
+    assert!(
+        qdiscs.contains("clsact"),
+        "the qdisc another filter uses: {qdiscs}"
+    );
 }
 
 /// Forwarded traffic shows in the per-service and per-endpoint statistics like the socket

@@ -25,6 +25,21 @@ pub struct Recipe {
     /// is read from each one's modinfo (the packages ship no modules.dep); those built into
     /// the kernel are skipped.
     pub root_modules: &'static [&'static str],
+    /// Modules the tests need that the guest cannot load on demand (it has no module tree
+    /// of its own): veth pairs, and the clsact qdisc with its BPF classifier for the TC
+    /// path (kernels without TCX).
+    pub test_modules: &'static [&'static str],
+}
+
+impl Recipe {
+    /// Every module the guest loads, root first.
+    fn modules(&self) -> Vec<&'static str> {
+        self.root_modules
+            .iter()
+            .chain(self.test_modules)
+            .copied()
+            .collect()
+    }
 }
 
 pub const RECIPES: &[Recipe] = &[Recipe {
@@ -33,6 +48,7 @@ pub const RECIPES: &[Recipe] = &[Recipe {
     package_prefix: "linux-image-6.1.0-",
     package_suffix: "-amd64",
     root_modules: &["virtio_pci", "9pnet_virtio", "9p"],
+    test_modules: &["veth", "sch_ingress", "cls_bpf", "cls_u32"],
 }];
 
 pub fn recipe(name: &str) -> Result<&'static Recipe> {
@@ -62,7 +78,7 @@ pub fn fetch(recipe: &Recipe, vm_dir: &Path) -> Result<Kernel> {
     let home = vm_dir.join("kernels").join(recipe.name);
     let package = debian::with_fresh_lists_on_failure(|| {
         let package = debian::newest_numbered(recipe.package_prefix, recipe.package_suffix)?;
-        if !home.join(&package).join(DESCRIPTION).exists() {
+        if !prepared(recipe, &home.join(&package)) {
             unpack(recipe, &package, &home, &home.join(&package))?;
         }
         Ok(package)
@@ -75,6 +91,12 @@ pub fn fetch(recipe: &Recipe, vm_dir: &Path) -> Result<Kernel> {
     }
     let dir = home.join(&package);
     load(&dir).with_context(|| format!("reading the kernel in {}", dir.display()))
+}
+
+/// Whether `dir` holds the kernel prepared with the recipe's modules as they are now.
+fn prepared(recipe: &Recipe, dir: &Path) -> bool {
+    fs::read_to_string(dir.join(DESCRIPTION))
+        .is_ok_and(|text| text.lines().nth(3) == Some(recipe.modules().join(" ").as_str()))
 }
 
 fn load(dir: &Path) -> Result<Kernel> {
@@ -123,7 +145,7 @@ fn unpack(recipe: &Recipe, package: &str, home: &Path, dir: &Path) -> Result<()>
             .map(|base| unpacked.join(base).join(&release))
             .find(|p| p.is_dir())
             .with_context(|| format!("{package} has no lib/modules/{release}"))?;
-        let order = load_order(recipe.root_modules, &tree)?;
+        let order = load_order(&recipe.modules(), &tree)?;
         fs::create_dir_all(staging.join("modules"))?;
         fs::copy(&vmlinuz, staging.join("vmlinuz"))?;
         fs::copy(
@@ -135,8 +157,13 @@ fn unpack(recipe: &Recipe, package: &str, home: &Path, dir: &Path) -> Result<()>
         }
         fs::write(
             staging.join(DESCRIPTION),
-            format!("{package}\n{version}\n{release}\n"),
+            format!(
+                "{package}\n{version}\n{release}\n{}\n",
+                recipe.modules().join(" ")
+            ),
         )?;
+        // A kernel prepared with other modules is replaced whole.
+        let _ = fs::remove_dir_all(dir);
         fs::rename(&staging, dir)?;
         anyhow::Ok(())
     })();

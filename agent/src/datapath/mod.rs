@@ -6,6 +6,7 @@
 mod adopt;
 mod attach;
 mod batch;
+mod clsact;
 mod error;
 mod events;
 mod flows;

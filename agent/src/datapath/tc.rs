@@ -290,23 +290,43 @@ fn is_not_found(error: &ProgramError) -> bool {
 }
 
 /// Removes weft's clsact filters from every interface of this network namespace except
-/// `keep` (TCX links go with their pins). Returns how many filters (one per interface and
-/// direction) went.
+/// `keep` (TCX links go with their pins), and the clsact qdisc of an interface that had
+/// them once no filter is left on it (another tool's filters keep it). Returns how many
+/// filters (one per interface and direction) went.
 pub fn detach_clsact_filters(keep: &[String]) -> usize {
     let mut removed = 0;
     for interface in interface_names().into_iter().filter(|i| !keep.contains(i)) {
         let Ok(interface_c) = CString::new(interface.as_str()) else {
             continue;
         };
+        let mut had_ours = false;
         for direction in Direction::BOTH {
             let parent: TcHandle = direction.attach_type().into();
             // NotFound (no filter of ours) and interfaces without clsact are the common case.
             if tc::qdisc_detach_program(&interface_c, parent, direction.program()).is_ok() {
                 removed += 1;
+                had_ours = true;
             }
+        }
+        if had_ours {
+            remove_unused_clsact(&interface, &interface_c);
         }
     }
     removed
+}
+
+fn remove_unused_clsact(interface: &str, interface_c: &CString) {
+    // SAFETY: a NUL-terminated name; 0 means no such interface.
+    let ifindex = unsafe { libc::if_nametoindex(interface_c.as_ptr()) };
+    if ifindex == 0 {
+        return;
+    }
+    match super::clsact::remove_if_unused(ifindex) {
+        Ok(true) => info!(interface, "removed the clsact qdisc (no filter left on it)"),
+        Ok(false) => {}
+        // The filters are gone either way; an idle qdisc costs nothing.
+        Err(error) => warn!(interface, %error, "could not remove the clsact qdisc"),
+    }
 }
 
 /// Unpins TC links of interfaces not in `keep` (unpinning the last reference detaches).
