@@ -151,48 +151,46 @@ pub fn one_request_named(target: SocketAddr) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(body).into_owned())
 }
 
-/// An HTTP backend answering every request with its name, one connection at a time.
-pub struct Backend {
+/// A listening socket served by an accept loop on a thread of its own, stopped (and joined)
+/// by `stop` or on drop: the bench's backends and sinks.
+pub struct Server {
     /// A second handle on the listening socket, to wake the blocking accept at stop.
     listener: TcpListener,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Backend {
-    /// Binds in the calling thread's network namespace; serves on a thread it spawns (which
-    /// inherits the namespace).
-    pub fn start(addr: SocketAddr, name: &str) -> Backend {
-        let listener = TcpListener::bind(addr).expect("bench backend bind");
+impl Server {
+    /// Binds in the calling thread's network namespace and hands every accepted connection
+    /// to `serve`, on a thread it spawns (which inherits the namespace).
+    pub fn start(addr: SocketAddr, mut serve: impl FnMut(TcpStream) + Send + 'static) -> Server {
+        let listener =
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("bench server bind {addr}: {e}"));
         let handle = listener.try_clone().expect("listener handle");
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
-        let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
-            name.len()
-        );
         let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 1024];
             for stream in listener.incoming() {
                 if flag.load(Ordering::Relaxed) {
                     return;
                 }
-                let Ok(mut stream) = stream else { continue };
-                let mut read = 0;
-                while let Ok(n @ 1..) = stream.read(&mut buf[read..]) {
-                    read += n;
-                    if buf[..read].windows(4).any(|w| w == b"\r\n\r\n") || read == buf.len() {
-                        break;
-                    }
+                if let Ok(stream) = stream {
+                    serve(stream);
                 }
-                let _ = stream.write_all(response.as_bytes());
             }
         });
-        Backend {
+        Server {
             listener: handle,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// Where it listens (the port the kernel chose, for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Stops serving; the listener closes, so connects to it are refused.
@@ -212,15 +210,59 @@ impl Backend {
     }
 }
 
-impl Drop for Backend {
+impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// An HTTP backend answering every request with its name, one connection at a time.
+pub struct Backend(Server);
+
+impl Backend {
+    /// Binds in the calling thread's network namespace; serves on a thread it spawns.
+    pub fn start(addr: SocketAddr, name: &str) -> Backend {
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
+            name.len()
+        );
+        let mut buf = [0u8; 1024];
+        Backend(Server::start(addr, move |mut stream| {
+            let mut read = 0;
+            while let Ok(n @ 1..) = stream.read(&mut buf[read..]) {
+                read += n;
+                if buf[..read].windows(4).any(|w| w == b"\r\n\r\n") || read == buf.len() {
+                    break;
+                }
+            }
+            let _ = stream.write_all(response.as_bytes());
+        }))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr()
+    }
+
+    /// Stops serving; the listener closes, so connects to it are refused.
+    pub fn stop(&mut self) {
+        self.0.stop();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backend_answers_with_its_name_until_stopped() {
+        let mut backend = Backend::start(SocketAddr::from(([127, 0, 0, 1], 0)), "a");
+        let addr = backend.addr();
+        for _ in 0..3 {
+            assert_eq!(one_request_named(addr).expect("an answer"), "a");
+        }
+        backend.stop();
+        assert!(TcpStream::connect(addr).is_err(), "refused once stopped");
+    }
 
     #[test]
     fn targets_are_picked_evenly() {

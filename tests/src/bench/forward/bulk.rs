@@ -4,14 +4,11 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
+    net::{Shutdown, SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
+
+use crate::bench::load::Server;
 
 /// Bytes per write and per read: large enough that syscalls are not what is measured.
 const CHUNK: usize = 256 << 10;
@@ -83,36 +80,20 @@ fn send(
     Ok((received, elapsed))
 }
 
-/// A sink: a thread per connection reads to EOF and answers the byte count.
+/// A sink: a thread per connection reads to EOF and answers the byte count. Stops on drop.
 pub struct Sink {
-    /// A second handle on the listening socket, to wake the blocking accept at stop.
-    listener: TcpListener,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    /// Held for its drop.
+    _server: Server,
 }
 
 impl Sink {
     /// Binds in the calling thread's network namespace; serves on threads it spawns.
     pub fn start(addr: SocketAddr) -> Sink {
-        let listener = TcpListener::bind(addr).expect("bench sink bind");
-        let handle = listener.try_clone().expect("listener handle");
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if flag.load(Ordering::Relaxed) {
-                    return;
-                }
-                // Each connection ends at EOF or after STALL without a byte.
-                if let Ok(stream) = stream {
-                    std::thread::spawn(move || drain(stream));
-                }
-            }
-        });
+        // Each connection ends at EOF or after STALL without a byte.
         Sink {
-            listener: handle,
-            stop,
-            thread: Some(thread),
+            _server: Server::start(addr, |stream| {
+                std::thread::spawn(move || drain(stream));
+            }),
         }
     }
 }
@@ -132,21 +113,4 @@ fn drain(mut stream: TcpStream) {
         }
     }
     let _ = stream.write_all(&total.to_be_bytes());
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // shutdown(2) on a listening socket wakes a blocked accept (Linux).
-        // SAFETY: plain syscall on a socket fd we own.
-        unsafe {
-            libc::shutdown(
-                std::os::fd::AsRawFd::as_raw_fd(&self.listener),
-                libc::SHUT_RDWR,
-            )
-        };
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
