@@ -590,6 +590,17 @@ fn forwarded_flows_are_counted_per_service_and_endpoint() {
         opened.value("weft_udp_sockets_opened_total", &[("service", "dns")]),
         1.0
     );
+    // The live UDP flow is a UDP gauge's, never in the TCP one.
+    let dns = [("service", "dns")];
+    let active = weft_tests::metrics::scrape_until(
+        &env.netns,
+        Duration::from_secs(3),
+        "the UDP flow active",
+        |s| s.find("weft_udp_flows_active", &dns) == Some(1.0),
+    );
+    assert_eq!(active.find("weft_udp_flows_active", &dns), Some(1.0));
+    assert_eq!(active.find("weft_tcp_connections_open", &dns), None);
+    assert_eq!(active.find("weft_udp_flows_active", &web), None);
     let closed = weft_tests::metrics::scrape_until(
         &env.netns,
         Duration::from_secs(25),

@@ -395,29 +395,43 @@ impl Collector for ServiceCollector {
                     .encode_counter::<NoLabelSet, _, u64>(&(t.value)(&s.counters.totals()), None)?;
             }
         }
-        let gauges: [(&str, &str, ServiceValue); 4] = [
+        let open: ServiceValue =
+            |s, sample| sample.open_per_service.get(&s.id).copied().unwrap_or(0);
+        let gauges: [(&str, &str, Option<Protocol>, ServiceValue); 5] = [
             (
                 "weft_tcp_connections_open",
                 "Translated TCP connections established and not yet closed",
-                |s, sample| sample.open_per_service.get(&s.id).copied().unwrap_or(0),
+                Some(Protocol::Tcp),
+                open,
+            ),
+            (
+                "weft_udp_flows_active",
+                "UDP flows the TC path forwards that have not expired (60 s idle)",
+                Some(Protocol::Udp),
+                open,
             ),
             (
                 "weft_service_panic",
                 "1 while the service is in panic mode (every endpoint by configured weight)",
+                None,
                 |s, _| u64::from(s.panic),
             ),
-            ("weft_service_endpoints", "Endpoints configured", |s, _| {
+            ("weft_service_endpoints", "Endpoints configured", None, |s, _| {
                 s.endpoints.len() as u64
             }),
             (
                 "weft_service_endpoints_usable",
                 "Endpoints the kernel sends new connections to (effective weight above 0)",
+                None,
                 |s, _| s.endpoints.iter().filter(|e| e.effective > 0).count() as u64,
             ),
         ];
-        for (name, help, value) in &gauges {
+        for (name, help, protocol, value) in &gauges {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for s in &services {
+            for s in services
+                .iter()
+                .filter(|s| protocol.is_none_or(|p| s.spec.frontend.protocol == p))
+            {
                 family
                     .encode_family(&[("service", &*s.spec.name)])?
                     .encode_gauge(&(value(s, &sample) as i64))?;
@@ -494,27 +508,39 @@ fn encode_endpoints(
             }
         }
     }
-    let gauges: [(&str, &str, EndpointValue); 2] = [
+    let open: EndpointValue = |s, i, _, sample| {
+        sample
+            .open
+            .get(&(s.id, s.spec.endpoints[i].address))
+            .copied()
+            .unwrap_or(0)
+    };
+    let gauges: [(&str, &str, Option<Protocol>, EndpointValue); 3] = [
         (
             "weft_endpoint_tcp_connections_open",
             "Translated TCP connections established and not yet closed, per endpoint",
-            |s, i, _, sample| {
-                sample
-                    .open
-                    .get(&(s.id, s.spec.endpoints[i].address))
-                    .copied()
-                    .unwrap_or(0)
-            },
+            Some(Protocol::Tcp),
+            open,
+        ),
+        (
+            "weft_endpoint_udp_flows_active",
+            "UDP flows the TC path forwards that have not expired (60 s idle), per endpoint",
+            Some(Protocol::Udp),
+            open,
         ),
         (
             "weft_endpoint_effective_weight",
             "Weight the kernel uses for the endpoint (0 = no new connections)",
+            None,
             |s, i, _, _| u64::from(s.endpoints[i].effective),
         ),
     ];
-    for (name, help, value) in &gauges {
+    for (name, help, protocol, value) in &gauges {
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for s in services {
+        for s in services
+            .iter()
+            .filter(|s| protocol.is_none_or(|p| s.spec.frontend.protocol == p))
+        {
             for (i, _, totals) in endpoints(s) {
                 family
                     .encode_family(&labels(s, i))?
