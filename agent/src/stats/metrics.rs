@@ -416,9 +416,12 @@ impl Collector for ServiceCollector {
                 None,
                 |s, _| u64::from(s.panic),
             ),
-            ("weft_service_endpoints", "Endpoints configured", None, |s, _| {
-                s.endpoints.len() as u64
-            }),
+            (
+                "weft_service_endpoints",
+                "Endpoints configured",
+                None,
+                |s, _| s.endpoints.len() as u64,
+            ),
             (
                 "weft_service_endpoints_usable",
                 "Endpoints the kernel sends new connections to (effective weight above 0)",
