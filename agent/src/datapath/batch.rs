@@ -57,33 +57,25 @@ pub fn lookup_all<K: Copy + Default, V: Copy + Default>(
     let mut next_position = 0u64;
     let mut started = false;
     loop {
-        let count32 = u32::try_from(chunk).unwrap_or(u32::MAX);
-        let mut attr = [0u64; 8];
-        attr[0] = if started {
-            (&raw const position) as u64
-        } else {
-            0
-        };
-        attr[1] = (&raw mut next_position) as u64;
-        attr[2] = keys.as_mut_ptr() as u64;
-        attr[3] = values.as_mut_ptr() as u64;
-        attr[4] = u64::from(count32) | ((map.as_raw_fd() as u64) << 32);
-        // SAFETY: `attr` outlives the call and is as large as the batch member; `keys` and
-        // `values` hold `chunk` elements of the map's key and value sizes (the callers'
-        // typed slices), the positions 8 bytes each (the kernel writes 4 for hash maps).
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                attr.as_mut_ptr(),
-                std::mem::size_of_val(&attr),
-            )
-        };
+        let mut attr = BatchAttr::new(
+            map,
+            keys.as_mut_ptr().cast(),
+            values.as_mut_ptr().cast(),
+            chunk,
+        );
+        attr.positions(
+            started.then_some(&raw const position),
+            &raw mut next_position,
+        );
+        // SAFETY: `keys` and `values` hold `chunk` elements of the map's key and value sizes
+        // (the callers' typed slices), the positions 8 bytes each (the kernel writes 4 for
+        // hash maps).
+        let rc = unsafe { attr.run(BPF_MAP_LOOKUP_BATCH) };
         let error = (rc != 0).then(std::io::Error::last_os_error);
         let errno = error.as_ref().and_then(std::io::Error::raw_os_error);
         // On success and at the end (ENOENT) the kernel writes back how many it copied.
         if rc == 0 || errno == Some(libc::ENOENT) {
-            let read = ((attr[4] & 0xffff_ffff) as usize).min(chunk);
+            let read = attr.count().min(chunk);
             elements.extend(
                 keys[..read]
                     .iter()
@@ -126,36 +118,70 @@ fn call(
     if count == 0 {
         return Ok(());
     }
-    let count32 = u32::try_from(count).unwrap_or(u32::MAX);
-    // bpf_attr.batch: in_batch, out_batch, keys, values (u64 each), count (u32), map_fd
-    // (u32), elem_flags, flags (u64 each).
-    let mut attr = [0u64; 8];
-    attr[2] = keys as u64;
-    attr[3] = values as u64;
-    attr[4] = u64::from(count32) | ((map.as_raw_fd() as u64) << 32);
-    // SAFETY: `attr` outlives the call and is as large as the batch member; `keys` and
-    // `values` point at `count` contiguous elements of the map's key and value sizes (the
-    // callers' typed slices), which the kernel only reads.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if rc == 0 {
+    let mut attr = BatchAttr::new(map, keys, values, count);
+    // SAFETY: `keys` and `values` point at `count` contiguous elements of the map's key and
+    // value sizes (the callers' typed slices), which the kernel only reads.
+    if unsafe { attr.run(cmd) } == 0 {
         return Ok(());
     }
     let error = std::io::Error::last_os_error();
     match error.raw_os_error() {
-        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP) if attr[4] as u32 == count32 => {
+        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP) if attr.count() == attr.asked => {
             Err(BatchError::Unsupported)
         }
         _ => Err(BatchError::Failed {
             // On failure the kernel writes back how many elements it processed.
-            done: (attr[4] & 0xffff_ffff) as usize,
+            done: attr.count(),
             error,
         }),
+    }
+}
+
+/// `bpf_attr.batch`: in_batch, out_batch, keys, values (u64 each), count (u32), map_fd
+/// (u32), elem_flags, flags (u64 each).
+struct BatchAttr {
+    words: [u64; 8],
+    /// The count asked for (the kernel overwrites it with the count done).
+    asked: usize,
+}
+
+impl BatchAttr {
+    fn new(map: BorrowedFd<'_>, keys: *const u8, values: *const u8, count: usize) -> BatchAttr {
+        let count32 = u32::try_from(count).unwrap_or(u32::MAX);
+        let mut words = [0u64; 8];
+        words[2] = keys as u64;
+        words[3] = values as u64;
+        words[4] = u64::from(count32) | ((map.as_raw_fd() as u64) << 32);
+        BatchAttr {
+            words,
+            asked: count32 as usize,
+        }
+    }
+
+    /// Where a walk resumes (none: from the start) and where the kernel says it stopped.
+    fn positions(&mut self, from: Option<*const u64>, to: *mut u64) {
+        self.words[0] = from.map_or(0, |p| p as u64);
+        self.words[1] = to as u64;
+    }
+
+    /// Elements the last call processed.
+    fn count(&self) -> usize {
+        (self.words[4] & 0xffff_ffff) as usize
+    }
+
+    /// # Safety
+    /// The keys, values and positions given must be valid for the command: readable (and
+    /// writable for a lookup) for the count's elements of the map's sizes.
+    unsafe fn run(&mut self, cmd: libc::c_long) -> libc::c_long {
+        // SAFETY: `words` outlives the call and is as large as the batch member; the
+        // pointers in it are the caller's to vouch for.
+        unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                self.words.as_mut_ptr(),
+                std::mem::size_of_val(&self.words),
+            )
+        }
     }
 }

@@ -6,8 +6,8 @@
 use std::{io, mem::size_of};
 
 /// `TC_H_CLSACT` (the same major as the ingress qdisc) and its two filter parents.
-const CLSACT_PARENT: u32 = 0xffff_fff1;
-const CLSACT_HANDLE: u32 = 0xffff_0000;
+const QDISC_PARENT: u32 = 0xffff_fff1;
+const QDISC_HANDLE: u32 = 0xffff_0000;
 const INGRESS_FILTERS: u32 = 0xffff_fff2;
 const EGRESS_FILTERS: u32 = 0xffff_fff3;
 
@@ -185,8 +185,8 @@ impl Socket {
             TcMsg {
                 family: libc::AF_UNSPEC as u8,
                 ifindex: ifindex as i32,
-                handle: CLSACT_HANDLE,
-                parent: CLSACT_PARENT,
+                handle: QDISC_HANDLE,
+                parent: QDISC_PARENT,
                 ..TcMsg::default()
             },
         )?;

@@ -295,8 +295,8 @@ fn is_not_found(error: &ProgramError) -> bool {
 /// filters (one per interface and direction) went.
 pub fn detach_clsact_filters(keep: &[String]) -> usize {
     let mut removed = 0;
-    for interface in interface_names().into_iter().filter(|i| !keep.contains(i)) {
-        let Ok(interface_c) = CString::new(interface.as_str()) else {
+    for interface in interfaces().into_iter().filter(|i| !keep.contains(&i.name)) {
+        let Ok(interface_c) = CString::new(interface.name.as_str()) else {
             continue;
         };
         let mut had_ours = false;
@@ -309,19 +309,15 @@ pub fn detach_clsact_filters(keep: &[String]) -> usize {
             }
         }
         if had_ours {
-            remove_unused_clsact(&interface, &interface_c);
+            remove_unused_clsact(&interface);
         }
     }
     removed
 }
 
-fn remove_unused_clsact(interface: &str, interface_c: &CString) {
-    // SAFETY: a NUL-terminated name; 0 means no such interface.
-    let ifindex = unsafe { libc::if_nametoindex(interface_c.as_ptr()) };
-    if ifindex == 0 {
-        return;
-    }
-    match super::clsact::remove_if_unused(ifindex) {
+fn remove_unused_clsact(Interface { index, name }: &Interface) {
+    let interface = name.as_str();
+    match super::clsact::remove_if_unused(*index) {
         Ok(true) => info!(interface, "removed the clsact qdisc (no filter left on it)"),
         Ok(false) => {}
         // The filters are gone either way; an idle qdisc costs nothing.
@@ -353,8 +349,14 @@ fn remove_stray_pins(links_dir: &Path, keep: &[String]) -> Result<(), DatapathEr
     Ok(())
 }
 
+/// A network interface of this process's namespace.
+struct Interface {
+    index: u32,
+    name: String,
+}
+
 /// The interfaces of this process's network namespace.
-fn interface_names() -> Vec<String> {
+fn interfaces() -> Vec<Interface> {
     let mut names = Vec::new();
     // SAFETY: if_nameindex returns an array ending in a zeroed entry, or NULL; every name is
     // a NUL-terminated string; the array is freed once, after the last read.
@@ -365,11 +367,12 @@ fn interface_names() -> Vec<String> {
         }
         let mut entry = list;
         while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
-            names.push(
-                std::ffi::CStr::from_ptr((*entry).if_name)
+            names.push(Interface {
+                index: (*entry).if_index,
+                name: std::ffi::CStr::from_ptr((*entry).if_name)
                     .to_string_lossy()
                     .into_owned(),
-            );
+            });
             entry = entry.add(1);
         }
         libc::if_freenameindex(list);

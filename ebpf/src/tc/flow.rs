@@ -150,6 +150,9 @@ pub enum Forward {
 pub fn forward(tuple: &Tuple, tcp: u8, bytes: u64) -> Forward {
     let key = tuple.key(flow_dir::FORWARD);
     let flags = flags_of(tuple.protocol, tcp);
+    // A closed flow whose client port starts a new connection: its entry, and the endpoint
+    // it had.
+    let mut closed_flow = None;
     if let Some(entry) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: a live map value, read field by field.
         let (nat_addr, nat_port, backend_id, old_flags) = unsafe {
@@ -161,31 +164,29 @@ pub fn forward(tuple: &Tuple, tcp: u8, bytes: u64) -> Forward {
             )
         };
         let closed = old_flags & (flow_flags::FIN | flow_flags::RST) != 0;
-        let reopened = closed && flags & flow_flags::SYN != 0;
-        if !reopened && endpoint_still(backend_id, &nat_addr, nat_port) {
+        if closed && flags & flow_flags::SYN != 0 {
+            closed_flow = Some((entry, backend_id));
+        } else if endpoint_still(backend_id, &nat_addr, nat_port) {
             account(entry, bytes, flags);
             return Forward::To(nat_addr, nat_port);
-        }
-        if !reopened {
+        } else {
             count(tc_counter::ENDPOINT_GONE);
         }
-        let picked = match pick(tuple) {
-            Ok(picked) => picked,
-            Err(outcome) => return outcome,
-        };
-        // A client port reused for a new connection (common under churn) mostly picks the
-        // endpoint its last flow had: its entries are rewritten where they are, rather than
-        // two inserts that each take an LRU node and push another flow out.
-        if reopened && picked.backend_id == backend_id && reuse(tuple, entry, &picked, flags, bytes)
-        {
-            return Forward::To(picked.backend.addr, picked.backend.port);
-        }
-        return create(tuple, flags, bytes, &picked);
     }
-    match pick(tuple) {
-        Ok(picked) => create(tuple, flags, bytes, &picked),
-        Err(outcome) => outcome,
+    let picked = match pick(tuple) {
+        Ok(picked) => picked,
+        Err(outcome) => return outcome,
+    };
+    // A client port reused for a new connection (common under churn) mostly picks the
+    // endpoint its last flow had: its entries are rewritten where they are, rather than two
+    // inserts that each take an LRU node and push another flow out.
+    if let Some((entry, backend_id)) = closed_flow
+        && picked.backend_id == backend_id
+        && reuse(tuple, entry, &picked, flags, bytes)
+    {
+        return Forward::To(picked.backend.addr, picked.backend.port);
     }
+    create(tuple, flags, bytes, &picked)
 }
 
 /// The endpoint a new flow goes to.
