@@ -414,40 +414,31 @@ fn a_reused_client_port_starts_a_new_flow_in_the_closed_flows_entries() {
     else {
         return;
     };
-    translated(
-        &lab.ingress(&packet(client, vip, tcp(SYN))),
-        client,
-        endpoint,
-    );
-    translated(
-        &lab.egress(&packet(endpoint, client, tcp(SYN | ACK))),
-        vip,
-        client,
-    );
-    translated(
-        &lab.ingress(&packet(client, vip, tcp(ACK))),
-        client,
-        endpoint,
-    );
-    translated(
-        &lab.ingress(&packet(client, vip, tcp(FIN | ACK))),
-        client,
-        endpoint,
-    );
-    translated(
-        &lab.egress(&packet(endpoint, client, tcp(FIN | ACK))),
-        vip,
-        client,
-    );
+    // The client's packets go to the endpoint; the endpoint's come back from the service.
+    let sent = |lab: &mut TcLab, flags: u8| {
+        translated(
+            &lab.ingress(&packet(client, vip, tcp(flags))),
+            client,
+            endpoint,
+        );
+    };
+    let answered = |lab: &mut TcLab, flags: u8| {
+        translated(
+            &lab.egress(&packet(endpoint, client, tcp(flags))),
+            vip,
+            client,
+        );
+    };
+    sent(&mut lab, SYN);
+    answered(&mut lab, SYN | ACK);
+    sent(&mut lab, ACK);
+    sent(&mut lab, FIN | ACK);
+    answered(&mut lab, FIN | ACK);
     let before = lab.flows();
     assert_eq!(before.len(), 2, "one flow, two entries: {before:?}");
     let created = before[0].1.created_ns;
     // The same client port again: a new flow, to the same endpoint (same hash, same table).
-    translated(
-        &lab.ingress(&packet(client, vip, tcp(SYN))),
-        client,
-        endpoint,
-    );
+    sent(&mut lab, SYN);
     let after = lab.flows();
     assert_eq!(after.len(), 2, "still two entries: {after:?}");
     for (key, value) in &after {
@@ -467,11 +458,7 @@ fn a_reused_client_port_starts_a_new_flow_in_the_closed_flows_entries() {
         }
     }
     // The new flow's replies are translated as before.
-    translated(
-        &lab.egress(&packet(endpoint, client, tcp(SYN | ACK))),
-        vip,
-        client,
-    );
+    answered(&mut lab, SYN | ACK);
 }
 
 #[test]
