@@ -37,9 +37,21 @@ pub struct Run {
     pub frame: Vec<u8>,
 }
 
+/// The lab's bpffs directory, removed (with the maps pinned in it) when dropped: also when
+/// loading panics, which matters because proptest catches that panic and loads again, and
+/// every lab pins a full-size flow table.
+struct PinDirectory(PathBuf);
+
+impl Drop for PinDirectory {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub struct TcLab {
     ebpf: Ebpf,
-    pins: PathBuf,
+    // Dropped after `ebpf`, so the maps are unpinned once the lab no longer holds them.
+    _pins: PinDirectory,
     next_backend: u32,
     next_table: u32,
     next_service: u32,
@@ -79,11 +91,14 @@ impl TcLab {
     pub fn load() -> TcLab {
         static LABS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let pins = PathBuf::from(format!("/sys/fs/bpf/weft-tclab-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&pins);
-        std::fs::create_dir_all(&pins).expect("creating the lab's bpffs directory");
+        let pins = PinDirectory(PathBuf::from(format!(
+            "/sys/fs/bpf/weft-tclab-{}-{n}",
+            std::process::id()
+        )));
+        let _ = std::fs::remove_dir_all(&pins.0);
+        std::fs::create_dir_all(&pins.0).expect("creating the lab's bpffs directory");
         let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pins)
+            .default_map_pin_directory(&pins.0)
             // The object declares the LRU maps with one entry; the agent sizes them.
             .map_max_entries(maps::FLOWS, maps::FLOWS_CAPACITY)
             .map_max_entries(maps::FRAGS, maps::FRAGS_CAPACITY)
@@ -101,7 +116,7 @@ impl TcLab {
         }
         TcLab {
             ebpf,
-            pins,
+            _pins: pins,
             next_backend: 1,
             next_table: 1,
             next_service: 1,
@@ -245,11 +260,5 @@ impl TcLab {
         let flows: HashMap<&MapData, FlowKey, FlowValue> =
             HashMap::try_from(self.ebpf.map(maps::FLOWS).expect("flows")).expect("hash");
         flows.iter().filter_map(Result::ok).collect()
-    }
-}
-
-impl Drop for TcLab {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pins);
     }
 }
