@@ -79,6 +79,7 @@ fn spec(name: u8, frontend: u8, endpoints: &[(u8, u16)]) -> Arc<ServiceSpec> {
         }),
         outlier: None,
         panic_threshold: 50,
+        governance: Default::default(),
     })
 }
 

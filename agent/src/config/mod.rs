@@ -2,6 +2,7 @@
 //! between them (`validate`). A file is accepted whole or rejected whole.
 
 mod error;
+pub mod governance;
 pub mod limits;
 mod raw;
 mod validate;
@@ -16,6 +17,7 @@ use std::{
 };
 
 pub use error::{ConfigError, FieldError};
+pub use governance::Governance;
 pub use limits::LimitError;
 pub use validate::checks;
 
@@ -90,6 +92,8 @@ pub struct ServiceSpec {
     /// Percent of configured weight that must be healthy; below it every endpoint gets
     /// traffic by configured weight (Envoy's panic threshold). 0 turns it off.
     pub panic_threshold: u8,
+    /// Limits, slow start, fault injection and authorization (none by default).
+    pub governance: Governance,
 }
 
 /// Where clients reach a service: the service map's key.

@@ -40,6 +40,40 @@ pub struct RawService {
     pub health: Option<RawHealth>,
     pub outlier: Option<RawOutlier>,
     pub panic_threshold: Option<i64>,
+    pub limits: Option<RawLimits>,
+    pub slow_start: Option<RawSlowStart>,
+    pub fault: Option<RawFault>,
+    pub allow: Option<Vec<RawAllow>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections_per_endpoint: Option<i64>,
+    pub max_connections: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlowStart {
+    pub window: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFault {
+    pub abort_percent: Option<i64>,
+    pub errno: Option<String>,
+    pub cgroup: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAllow {
+    pub cgroup: Option<String>,
+    pub uid: Option<i64>,
+    pub gid: Option<i64>,
+    pub cidr: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

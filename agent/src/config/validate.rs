@@ -10,8 +10,8 @@ use std::{
 use weft_common::maps;
 
 use super::{
-    Config, ConfigError, EndpointSpec, FieldError, Frontend, HealthCheck, Outlier, Probe, Protocol,
-    ServiceSpec, StatsSettings, TcSettings,
+    Config, ConfigError, EndpointSpec, FieldError, Frontend, Governance, HealthCheck, Outlier,
+    Probe, Protocol, ServiceSpec, StatsSettings, TcSettings, governance,
     raw::{RawConfig, RawEndpoint, RawHealth, RawOutlier, RawService},
 };
 use crate::layout;
@@ -23,10 +23,10 @@ const DEFAULT_WEIGHT: u16 = 1;
 const DEFAULT_PANIC_THRESHOLD: u8 = 50;
 
 #[derive(Default)]
-struct Errors(Vec<FieldError>);
+pub(super) struct Errors(Vec<FieldError>);
 
 impl Errors {
-    fn add(&mut self, path: impl AsRef<str>, message: impl AsRef<str>) {
+    pub(super) fn add(&mut self, path: impl AsRef<str>, message: impl AsRef<str>) {
         self.0.push(FieldError::new(path, message));
     }
 }
@@ -176,6 +176,12 @@ fn service(
     let outlier = raw
         .outlier
         .and_then(|raw| outlier(&format!("{path}.outlier"), raw, errors));
+    let governance = Governance {
+        limits: governance::limits(&format!("{path}.limits"), raw.limits, errors),
+        slow_start: governance::slow_start(&format!("{path}.slow_start"), raw.slow_start, errors),
+        fault: governance::fault(&format!("{path}.fault"), raw.fault, errors),
+        allow: governance::allow(&format!("{path}.allow"), raw.allow, errors),
+    };
     if errors.0.len() != before {
         return None;
     }
@@ -190,6 +196,7 @@ fn service(
         health: checks.share(health?),
         outlier,
         panic_threshold,
+        governance,
     })
 }
 
@@ -274,7 +281,12 @@ fn endpoint(
     })
 }
 
-fn duration(path: &str, text: Option<&str>, default: Duration, errors: &mut Errors) -> Duration {
+pub(super) fn duration(
+    path: &str,
+    text: Option<&str>,
+    default: Duration,
+    errors: &mut Errors,
+) -> Duration {
     let Some(text) = text else {
         return default;
     };

@@ -346,6 +346,8 @@ pub fn specs(service: &ServiceFacts, slices: &[&SliceFacts]) -> Vec<Arc<ServiceS
                 health: Arc::clone(&checks.health),
                 outlier: checks.outlier.clone(),
                 panic_threshold: checks.panic_threshold,
+                // Kubernetes objects carry no governance (no annotation for it yet).
+                governance: Default::default(),
             }));
         }
     }
