@@ -82,6 +82,25 @@ impl FaultErrno {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CgroupPath(pub PathBuf);
 
+impl CgroupPath {
+    /// The kernel's id of this cgroup under `cgroup2_root`: on cgroup2 it is the inode
+    /// number of the cgroup's directory, the value `bpf_get_current_cgroup_id` returns for
+    /// a task in it. Fails if there is no such directory.
+    pub fn resolve(&self, cgroup2_root: &std::path::Path) -> std::io::Result<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        let relative = self.0.strip_prefix("/").unwrap_or(&self.0);
+        let dir = cgroup2_root.join(relative);
+        let metadata = std::fs::metadata(&dir)?;
+        if !metadata.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                format!("{} is not a cgroup directory", dir.display()),
+            ));
+        }
+        Ok(metadata.ino())
+    }
+}
+
 /// One `allow` rule: a connection from a matching client is let through.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum AllowRule {
@@ -452,6 +471,22 @@ mod tests {
         }
         let unknown = error("    fault: { percent: 5 }\n");
         assert!(unknown.contains("unknown field `percent`"), "{unknown}");
+    }
+
+    #[test]
+    fn a_cgroup_path_resolves_to_its_directory_inode_under_the_root() {
+        use std::os::unix::fs::MetadataExt as _;
+        let root = std::env::temp_dir().join(format!("weft-cgroup-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("apps/frontend")).unwrap();
+        std::fs::write(root.join("apps/file"), b"").unwrap();
+        let want = std::fs::metadata(root.join("apps/frontend")).unwrap().ino();
+        let path = |p: &str| CgroupPath(p.into());
+        assert_eq!(path("/apps/frontend").resolve(&root).unwrap(), want);
+        let missing = path("/apps/backend").resolve(&root).unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+        let file = path("/apps/file").resolve(&root).unwrap_err();
+        assert_eq!(file.kind(), std::io::ErrorKind::NotADirectory);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
