@@ -27,11 +27,14 @@ pub mod maps {
     pub const SOCK_NAT: &str = "WEFT_SOCKNAT_V1";
     pub const COUNTERS: &str = "WEFT_COUNTERS_V1";
     pub const SOCK_UDP: &str = "WEFT_SOCKUDP_V1";
+    pub const POLICY: &str = "WEFT_POLICY_V1";
+    pub const GOVERN: &str = "WEFT_GOVCNT_V1";
+    pub const SOCK_GOV: &str = "WEFT_SOCKGOV_V1";
 
     /// Every map weft pins.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 14] = [
         SERVICES, BACKENDS, MAGLEV, REVNAT, EVENTS, CONNS, LOST, SETTINGS, SOCK_NAT, COUNTERS,
-        SOCK_UDP,
+        SOCK_UDP, POLICY, GOVERN, SOCK_GOV,
     ];
 
     /// Services (address, port, protocol) the kernel translates.
@@ -47,6 +50,10 @@ pub mod maps {
     pub const EVENTS_BYTES: u32 = 1 << 20;
     /// Live translated TCP connections the kernel follows (LRU: the oldest go first).
     pub const CONNS_CAPACITY: u32 = 131_072;
+    /// Services with governance (`WEFT_POLICY_V1`): at most one entry per service.
+    pub const POLICY_CAPACITY: u32 = SERVICES_CAPACITY;
+    /// Governance counts: one per (governed service, endpoint) plus one per governed service.
+    pub const GOVERN_CAPACITY: u32 = BACKENDS_CAPACITY;
 
     /// The TC path's maps (created when TC programs are attached, pinned like the rest).
     pub const FLOWS: &str = "WEFT_FLOWS_V1";
@@ -182,6 +189,8 @@ pub mod tc_counter {
     pub const FLOW_NOT_WRITTEN: u32 = 8;
     /// A flow whose endpoint left every service, chosen anew.
     pub const ENDPOINT_GONE: u32 = 9;
+    /// A new flow from a source the service's `allow` rules do not name: dropped.
+    pub const DENIED: u32 = 10;
     /// Slots of the array (room to grow without a new layout).
     pub const SLOTS: u32 = 16;
 }
@@ -205,6 +214,118 @@ pub mod settings {
     /// No live record, no opened/closed events: only connect failures are reported (passive
     /// failure detection needs them).
     pub const CONNECTION_STATS_OFF: u32 = 1;
+}
+
+/// Rules one service's `allow` list may hold (checked in order at connect).
+pub const MAX_ALLOW_RULES: usize = 16;
+
+/// Value of `WEFT_POLICY_V1`, keyed by service id: what the kernel enforces for a service
+/// beyond choosing its endpoint. Services without governance have no entry (one failed
+/// lookup at connect is all they pay).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Policy {
+    /// Open connections per endpoint at most; 0 = no limit.
+    pub max_per_endpoint: u32,
+    /// Open connections to the whole service at most; 0 = no limit.
+    pub max_connections: u32,
+    /// Percent (0..=100) of new connections refused by fault injection.
+    pub abort_percent: u32,
+    /// The errno a fault-injected refusal reports (positive).
+    pub abort_errno: u32,
+    /// Only clients in this cgroup see the fault; id 0 = every client.
+    pub fault_cgroup: CgroupMatch,
+    /// Rules in `rules`; 0 = the service is open to everyone.
+    pub rule_count: u32,
+    pub _pad: u32,
+    pub rules: [AllowRule; MAX_ALLOW_RULES],
+}
+
+impl Policy {
+    /// Whether connections to the service are counted (it has a limit).
+    pub const fn limited(&self) -> bool {
+        self.max_per_endpoint != 0 || self.max_connections != 0
+    }
+}
+
+/// A cgroup and its depth below the cgroup2 root (the level
+/// `bpf_get_current_ancestor_cgroup_id` takes): a task matches when the cgroup is its own or
+/// one of its ancestors.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CgroupMatch {
+    pub id: u64,
+    pub level: u32,
+    pub _pad: u32,
+}
+
+/// Kinds of `AllowRule`.
+pub mod allow_kind {
+    pub const CGROUP: u8 = 1;
+    pub const UID: u8 = 2;
+    pub const GID: u8 = 3;
+    /// Source addresses of forwarded traffic (the TC path).
+    pub const CIDR: u8 = 4;
+}
+
+/// One `allow` rule as the kernel checks it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AllowRule {
+    /// An `allow_kind`.
+    pub kind: u8,
+    /// CIDR: the prefix length.
+    pub prefix: u8,
+    /// CIDR: `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    pub _pad: u8,
+    /// UID or GID: the id.
+    pub id: u32,
+    /// CGROUP: the cgroup.
+    pub cgroup: CgroupMatch,
+    /// CIDR: the network, as `Addr`.
+    pub network: Addr,
+}
+
+/// Key of `WEFT_GOVCNT_V1`: an endpoint of a governed service, or (with `WHOLE_SERVICE`)
+/// the service itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct GovernKey {
+    pub service_id: u32,
+    pub backend_id: u32,
+}
+
+/// `GovernKey::backend_id` of a service's own counts (backend ids start at 1 and stay far
+/// below this).
+pub const WHOLE_SERVICE: u32 = u32::MAX;
+
+/// Value of `WEFT_GOVCNT_V1`, updated with atomic adds by every CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GovernCount {
+    /// Open connections counted against the limits: up at connect, down when the socket is
+    /// released. Signed so that a decrement racing another never wraps.
+    pub open: i64,
+    /// Endpoint: connections that drew it while it was full. Service: connections refused
+    /// because no endpoint (or the service) had room.
+    pub overflow: u64,
+    /// Service: connections refused by fault injection.
+    pub aborted: u64,
+    /// Service: connections refused by `allow`.
+    pub denied: u64,
+}
+
+/// Value of `WEFT_SOCKGOV_V1`, socket storage: the count a connection took, so that the
+/// socket's release gives back exactly that one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockGov {
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// 1 while the socket holds a count.
+    pub counted: u32,
+    pub _pad: u32,
 }
 
 /// Flag for hash maps whose elements are allocated on insert: memory follows use, and a
@@ -368,6 +489,12 @@ pub mod event {
     pub const CONNECT_FAILED: u8 = 2;
     /// An established connection closed; the record holds its final counters.
     pub const CLOSED: u8 = 3;
+    /// A connect refused by the service's `allow` rules (`dst_addr` is the service address).
+    pub const DENIED: u8 = 4;
+    /// A connect refused by fault injection.
+    pub const ABORTED: u8 = 5;
+    /// A connect refused because no endpoint (or the service) had room under its limits.
+    pub const OVERFLOW: u8 = 6;
 }
 
 /// One translated TCP connection: the value of `WEFT_CONNS_V1` (keyed by socket cookie) while
@@ -447,6 +574,9 @@ mod pod {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragPorts {}
     unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for Policy {}
+    unsafe impl aya::Pod for GovernKey {}
+    unsafe impl aya::Pod for GovernCount {}
 }
 
 // The layouts the kernel and the agent share, checked where both are compiled.
@@ -454,3 +584,6 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 64);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+const _: () = assert!(core::mem::size_of::<AllowRule>() == 40);
+const _: () = assert!(core::mem::size_of::<Policy>() == 40 + 40 * MAX_ALLOW_RULES);
+const _: () = assert!(core::mem::size_of::<GovernCount>() == 32);

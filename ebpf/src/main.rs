@@ -8,6 +8,7 @@
 
 mod addr;
 mod events;
+mod govern;
 mod maps;
 mod reverse;
 mod select;
@@ -16,6 +17,8 @@ mod sock_nat;
 mod sock_ops;
 mod sock_udp;
 mod tc;
+
+use sock_addr::Hook;
 
 use aya_ebpf::{
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, classifier, sock_ops},
@@ -27,22 +30,22 @@ use aya_ebpf::{
 
 #[cgroup_sock_addr(connect4)]
 pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
-    sock_addr::forward(&ctx, addr::Family::V4)
+    sock_addr::forward(&ctx, addr::Family::V4, Hook::Connect)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn weft_connect6(ctx: SockAddrContext) -> i32 {
-    sock_addr::forward(&ctx, addr::Family::V6)
+    sock_addr::forward(&ctx, addr::Family::V6, Hook::Connect)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn weft_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock_addr::forward(&ctx, addr::Family::V4)
+    sock_addr::forward(&ctx, addr::Family::V4, Hook::Sendmsg)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn weft_sendmsg6(ctx: SockAddrContext) -> i32 {
-    sock_addr::forward(&ctx, addr::Family::V6)
+    sock_addr::forward(&ctx, addr::Family::V6, Hook::Sendmsg)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
@@ -68,6 +71,7 @@ pub fn weft_getpeer6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock(sock_release)]
 pub fn weft_sock_release(ctx: SockContext) -> i32 {
     sock_nat::forget(&ctx);
+    govern::released(&ctx);
     // A release cannot be refused; 1 is the only valid verdict.
     1
 }

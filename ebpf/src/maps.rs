@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use weft_common::{
-    BPF_F_NO_PREALLOC, Backend, ConnRecord, MaglevChunk, MaglevKey, RevNatKey, RevNatValue,
-    ServiceKey, ServiceValue, SockNat, SockUdp, counter, maps,
+    BPF_F_NO_PREALLOC, Backend, ConnRecord, GovernCount, GovernKey, MaglevChunk, MaglevKey, Policy,
+    RevNatKey, RevNatValue, ServiceKey, ServiceValue, SockGov, SockNat, SockUdp, counter, maps,
 };
 
 #[map(name = "WEFT_SERVICE_V1")]
@@ -48,6 +48,21 @@ pub static SOCK_NAT: SkStorage<SockNat> = SkStorage::new();
 /// Per-socket traffic of translated UDP sockets, slot by slot beside `SOCK_NAT`.
 #[btf_map(name = "WEFT_SOCKUDP_V1", pin_by_name)]
 pub static SOCK_UDP: SkStorage<SockUdp> = SkStorage::new();
+
+/// Governance of the services that have any, by service id (written by the agent).
+#[map(name = "WEFT_POLICY_V1")]
+pub static POLICIES: HashMap<u32, Policy> =
+    HashMap::pinned(maps::POLICY_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// Open-connection counts and refusals of governed services, per endpoint and per service.
+/// Pinned, so the counts of connections still open survive an agent restart.
+#[map(name = "WEFT_GOVCNT_V1")]
+pub static GOVERN: HashMap<GovernKey, GovernCount> =
+    HashMap::pinned(maps::GOVERN_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// The count a connection to a limited service holds, given back when its socket goes.
+#[btf_map(name = "WEFT_SOCKGOV_V1", pin_by_name)]
+pub static SOCK_GOV: SkStorage<SockGov> = SkStorage::new();
 
 /// Event counts (`weft_common::counter` indexes), per CPU; the agent reports the sums.
 #[map(name = "WEFT_COUNTERS_V1")]

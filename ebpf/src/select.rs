@@ -15,7 +15,17 @@ pub enum Choice {
         backend: Backend,
         backend_id: u32,
         service_id: u32,
+        /// Where in the table it was drawn, for a second choice (circuit breaking).
+        drawn: Drawn,
     },
+}
+
+/// A slot drawn from a service's current table.
+#[derive(Clone, Copy)]
+pub struct Drawn {
+    pub table_id: u32,
+    pub table_size: u32,
+    pub slot: u32,
 }
 
 /// Picks the endpoint for `key`, using `entropy` (a random number or a hash) as the slot.
@@ -31,8 +41,9 @@ pub fn choose(key: &ServiceKey, entropy: u32) -> Choice {
         return Choice::NoEndpoint;
     }
     let slot = entropy % table_size;
+    let table_id = service.table_id;
     let chunk_key = MaglevKey {
-        table_id: service.table_id,
+        table_id,
         chunk: slot / MAGLEV_CHUNK,
     };
     let service_id = service.service_id;
@@ -49,9 +60,33 @@ pub fn choose(key: &ServiceKey, entropy: u32) -> Choice {
             backend: *backend,
             backend_id,
             service_id,
+            drawn: Drawn {
+                table_id,
+                table_size,
+                slot,
+            },
         },
         None => Choice::NoEndpoint,
     }
+}
+
+/// The backend ids of the `MAGLEV_CHUNK` slots around `drawn` (its chunk of the table);
+/// slots past the table's end hold 0.
+#[inline(always)]
+pub fn neighbours(drawn: &Drawn) -> Option<&'static [u32; MAGLEV_CHUNK as usize]> {
+    let key = MaglevKey {
+        table_id: drawn.table_id,
+        chunk: drawn.slot / MAGLEV_CHUNK,
+    };
+    // SAFETY: as in `choose`.
+    unsafe { MAGLEV.get(&key) }.map(|chunk| &chunk.backends)
+}
+
+/// The endpoint behind a backend id, if it still exists.
+#[inline(always)]
+pub fn backend(backend_id: u32) -> Option<Backend> {
+    // SAFETY: as in `choose`.
+    unsafe { BACKENDS.get(&backend_id) }.copied()
 }
 
 /// Spreads sequential socket cookies over the table (a 64-bit finalizer, splitmix64).

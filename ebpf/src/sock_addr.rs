@@ -2,25 +2,43 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::generated::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::generated::{
+        bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_set_retval,
+    },
     programs::SockAddrContext,
 };
-use weft_common::{Addr, FAMILY_V4, PROTO_TCP, PROTO_UDP, RevNatKey, RevNatValue, ServiceKey};
+use weft_common::{
+    Addr, ConnRecord, FAMILY_V4, PROTO_TCP, PROTO_UDP, Policy, RevNatKey, RevNatValue, ServiceKey,
+    SockGov, event,
+};
 
 use crate::{
     addr::{self, Family},
-    maps::REVNAT,
-    select::{self, Choice},
+    events,
+    govern::{self, Refusal},
+    maps::{REVNAT, SOCK_GOV},
+    select::{self, Choice, Drawn},
     sock_nat,
 };
 
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
 const ECONNREFUSED: i32 = 111;
+/// What a client the service's `allow` rules refuse sees: "permission denied", told apart
+/// from the EPERM any other cgroup or netfilter refusal gives.
+const EACCES: i32 = 13;
+
+/// Which hook runs: fault injection and circuit breaking act on connects only (an
+/// unconnected UDP socket's datagrams are not connections).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Connect,
+    Sendmsg,
+}
 
 /// Handles connect4/6 and sendmsg4/6. Always lets non-service traffic through unchanged.
 #[inline(always)]
-pub fn forward(ctx: &SockAddrContext, family: Family) -> i32 {
+pub fn forward(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
     let protocol = addr::protocol(ctx);
     if protocol != PROTO_TCP as u32 && protocol != PROTO_UDP as u32 {
         return ALLOW;
@@ -48,17 +66,30 @@ pub fn forward(ctx: &SockAddrContext, family: Family) -> i32 {
     };
     match select::choose(&key, entropy) {
         Choice::NotService => ALLOW,
-        Choice::NoEndpoint => {
-            // SAFETY: set_retval is allowed for connect and sendmsg hooks (Linux >= 5.18);
-            // without it the caller would see EPERM instead of a plain refusal.
-            unsafe { bpf_set_retval(-ECONNREFUSED) };
-            REJECT
-        }
+        Choice::NoEndpoint => refuse(ECONNREFUSED),
         Choice::Endpoint {
-            backend,
-            backend_id,
+            mut backend,
+            mut backend_id,
             service_id,
+            drawn,
         } => {
+            if let Some(policy) = govern::policy(service_id) {
+                let request = Request {
+                    cookie,
+                    key: &key,
+                    service_id,
+                    hook,
+                    tcp: protocol == PROTO_TCP as u32,
+                };
+                match governed(ctx, policy, &request, &drawn, backend_id) {
+                    Governed::Refused(errno) => return refuse(errno),
+                    Governed::Endpoint(id, chosen) => {
+                        backend_id = id;
+                        backend = chosen;
+                    }
+                    Governed::AsDrawn => {}
+                }
+            }
             let endpoint = if mapped {
                 addr::v4_mapped(backend.addr[0])
             } else {
@@ -102,6 +133,113 @@ pub fn forward(ctx: &SockAddrContext, family: Family) -> i32 {
             ALLOW
         }
     }
+}
+
+/// Refuses the connect or datagram with `errno`.
+#[inline(always)]
+fn refuse(errno: i32) -> i32 {
+    // SAFETY: set_retval is allowed for connect and sendmsg hooks (Linux >= 5.18); without it
+    // the caller would see EPERM instead of the errno meant.
+    unsafe { bpf_set_retval(-errno) };
+    REJECT
+}
+
+/// A connect or datagram to a governed service.
+struct Request<'a> {
+    cookie: u64,
+    key: &'a ServiceKey,
+    service_id: u32,
+    hook: Hook,
+    tcp: bool,
+}
+
+enum Governed {
+    /// Refuse with this errno.
+    Refused(i32),
+    /// Circuit breaking chose this endpoint (the drawn one was full).
+    Endpoint(u32, weft_common::Backend),
+    /// Go where the draw said.
+    AsDrawn,
+}
+
+/// Applies a service's governance: `allow`, then `fault`, then `limits`.
+#[inline(always)]
+fn governed(
+    ctx: &SockAddrContext,
+    policy: &Policy,
+    request: &Request,
+    drawn: &Drawn,
+    backend_id: u32,
+) -> Governed {
+    if !govern::task_allowed(policy) {
+        govern::count_refusal(request.service_id, Refusal::Denied);
+        report_refusal(request, event::DENIED);
+        return Governed::Refused(EACCES);
+    }
+    if request.hook != Hook::Connect {
+        return Governed::AsDrawn;
+    }
+    if govern::fault_hits(policy) {
+        govern::count_refusal(request.service_id, Refusal::Aborted);
+        report_refusal(request, event::ABORTED);
+        return Governed::Refused(policy.abort_errno as i32);
+    }
+    if !request.tcp || !policy.limited() {
+        return Governed::AsDrawn;
+    }
+    let held = SOCK_GOV.get_or_insert_ptr_mut(ctx, None);
+    if held.is_null() {
+        // No memory for the socket's record: its count could never be given back, so it
+        // takes none.
+        return Governed::AsDrawn;
+    }
+    // SAFETY: the kernel returned this socket's storage; it stays valid for this run.
+    let held = unsafe { &mut *held };
+    if held.counted != 0 {
+        // connect() again on a socket already connecting (the kernel answers EALREADY or
+        // EISCONN): it keeps the count it holds.
+        return Governed::AsDrawn;
+    }
+    match govern::take_room(policy, request.service_id, drawn, backend_id) {
+        Some((id, backend)) => {
+            *held = SockGov {
+                service_id: request.service_id,
+                backend_id: id,
+                counted: 1,
+                _pad: 0,
+            };
+            if id == backend_id {
+                Governed::AsDrawn
+            } else {
+                Governed::Endpoint(id, backend)
+            }
+        }
+        None => {
+            report_refusal(request, event::OVERFLOW);
+            Governed::Refused(ECONNREFUSED)
+        }
+    }
+}
+
+/// Tells `weft conns --follow` about a refused connect (when connection events are on).
+#[inline(always)]
+fn report_refusal(request: &Request, kind: u8) {
+    if events::connection_stats_off() {
+        return;
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let record = ConnRecord {
+        cookie: request.cookie,
+        start_ns: now,
+        update_ns: now,
+        dst_addr: request.key.addr,
+        dst_port: request.key.port,
+        family: request.key.family,
+        service_id: request.service_id,
+        ..ConnRecord::default()
+    };
+    events::emit(&record, kind);
 }
 
 /// A translated destination, in the socket's own address family.

@@ -61,6 +61,9 @@ fn build_ebpf(root: &std::path::Path, path: &std::ffi::OsStr) -> Result<PathBuf>
         "--cfg=bpf_target_arch=\"x86_64\"",
         "-Cdebuginfo=2",
         "-Clink-arg=--btf",
+        // BPF ISA v3 (Linux >= 5.1; its atomics with fetch, Linux >= 5.12): circuit breaking
+        // takes a connection count and reads what it was in one atomic add.
+        "-Ctarget-cpu=v3",
     ]
     .join("\x1f");
     util::run(

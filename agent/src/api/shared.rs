@@ -21,12 +21,12 @@ use super::{
     AgentInfo, DatapathHealth,
     view::{
         ConnEventView, ConnPath, ConnStats, ConnView, DatapathView, EndpointRow, EndpointView,
-        MapView, ServiceStats, ServiceView, StatsView, StatusView,
+        GovernanceStats, MapView, ServiceStats, ServiceView, StatsView, StatusView,
     },
 };
 use crate::{
     datapath::{Flow, Observer},
-    stats::{ConnEvent, KernelSample, Metrics, Totals, record},
+    stats::{ConnEvent, Governed, KernelSample, Metrics, Totals, record},
     store::{Installed, ServiceState, Snapshot},
 };
 
@@ -367,6 +367,7 @@ impl Shared {
                         service: s.spec.name.to_string(),
                         endpoint: endpoint_view(s, i),
                         stats: conn_stats(&s.counters.endpoint(address), open),
+                        governance: governance_stats(sample.governed(s.id, Some(address))),
                     }
                 })
             })
@@ -385,6 +386,7 @@ impl Shared {
                     &s.counters.totals(),
                     sample.open_per_service.get(&s.id).copied().unwrap_or(0),
                 ),
+                governance: governance_stats(sample.governed(s.id, None)),
             })
             .collect();
         services.sort_by(|a, b| a.service.cmp(&b.service));
@@ -435,6 +437,9 @@ fn endpoint_view(s: &ServiceState, i: usize) -> EndpointView {
         weight: spec.weight,
         effective_weight: s.endpoints[i].effective,
         state: s.state(i).as_str().to_string(),
+        slow_start_percent: s.endpoints[i]
+            .ramp
+            .map(|(_, permille)| (permille / 10) as u8),
     }
 }
 
@@ -454,6 +459,15 @@ fn conn_stats(t: &Totals, open: u64) -> ConnStats {
     }
 }
 
+fn governance_stats(g: Governed) -> GovernanceStats {
+    GovernanceStats {
+        limited_open: g.open,
+        overflows: g.overflow,
+        fault_aborts: g.aborted,
+        denials: g.denied,
+    }
+}
+
 /// A connection event as `weft conns --follow` prints it.
 pub fn event_view(e: &ConnEvent) -> ConnEventView {
     ConnEventView {
@@ -461,6 +475,9 @@ pub fn event_view(e: &ConnEvent) -> ConnEventView {
             event::ESTABLISHED => "opened",
             event::CONNECT_FAILED => "connect_failed",
             event::CLOSED => "closed",
+            event::DENIED => "denied",
+            event::ABORTED => "aborted",
+            event::OVERFLOW => "overflow",
             _ => "unknown",
         }
         .to_string(),
@@ -492,7 +509,7 @@ fn flow_view(service: &str, f: &Flow) -> ConnView {
 
 fn conn_view(service: &str, endpoint: SocketAddr, r: &ConnRecord, now_ns: u64) -> ConnView {
     // A record from the ring is final: its age is its lifetime, not time since connect.
-    let age_ms = if r.kind == event::CLOSED || r.kind == event::CONNECT_FAILED {
+    let age_ms = if r.kind != event::ESTABLISHED && r.kind != 0 {
         record::age_ms(r, r.update_ns)
     } else {
         record::age_ms(r, now_ns)

@@ -31,6 +31,10 @@ pub struct EndpointView {
     pub effective_weight: u32,
     /// `healthy` | `unhealthy` | `ejected` | `draining` | `unknown`
     pub state: String,
+    /// Slow start: the percent of its weight the endpoint has reached on its ramp (absent
+    /// when it has its whole weight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start_percent: Option<u8>,
 }
 
 /// `weft endpoints -o json`: one per (service, endpoint), with its connection statistics.
@@ -41,6 +45,22 @@ pub struct EndpointRow {
     pub endpoint: EndpointView,
     #[serde(flatten)]
     pub stats: ConnStats,
+    #[serde(flatten)]
+    pub governance: GovernanceStats,
+}
+
+/// What a service's governance did, counted by the kernel (all zero without governance).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GovernanceStats {
+    /// Open connections counted against the service's `limits` (0 without limits).
+    pub limited_open: u64,
+    /// Service: connects refused because no endpoint (or the service) had room. Endpoint:
+    /// connects that drew it while it was full (sent elsewhere, or refused).
+    pub overflows: u64,
+    /// Connects refused by fault injection (service only).
+    pub fault_aborts: u64,
+    /// Connects (and forwarded flows) refused by `allow` (service only).
+    pub denials: u64,
 }
 
 /// Connection totals of one endpoint (or, summed, of a service) since the agent started.
@@ -71,6 +91,8 @@ pub struct ServiceStats {
     pub service: String,
     #[serde(flatten)]
     pub stats: ConnStats,
+    #[serde(flatten)]
+    pub governance: GovernanceStats,
 }
 
 /// `weft conns -o json`: one per live translated connection.
@@ -117,7 +139,8 @@ impl ConnPath {
 /// `weft conns --follow -o json`: one line per connection event.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ConnEventView {
-    /// `opened` | `closed` | `connect_failed`
+    /// `opened` | `closed` | `connect_failed`, or a connect the service's governance
+    /// refused: `denied` (`allow`), `aborted` (`fault`), `overflow` (`limits`).
     pub event: String,
     #[serde(flatten)]
     pub conn: ConnView,

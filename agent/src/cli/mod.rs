@@ -10,8 +10,8 @@ use client::Client;
 use table::render;
 
 use crate::api::view::{
-    ConnEventView, ConnPath, ConnView, DatapathView, EndpointRow, ServiceView, StatsView,
-    StatusView,
+    ConnEventView, ConnPath, ConnView, DatapathView, EndpointRow, GovernanceStats, ServiceView,
+    StatsView, StatusView,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -211,10 +211,10 @@ fn services_table(services: &[ServiceView]) -> String {
                 e.state.clone(),
                 e.weight.to_string(),
                 e.effective_weight.to_string(),
-                if s.panic {
-                    "PANIC".into()
-                } else {
-                    String::new()
+                match (s.panic, e.slow_start_percent) {
+                    (true, _) => "PANIC".into(),
+                    (false, Some(percent)) => format!("slow start {percent}%"),
+                    (false, None) => String::new(),
                 },
             ]);
         }
@@ -303,7 +303,7 @@ fn conns_table(conns: &[ConnView]) -> String {
 }
 
 fn stats_table(stats: &StatsView) -> String {
-    let row = |name: &str, s: &crate::api::view::ConnStats| {
+    let row = |name: &str, s: &crate::api::view::ConnStats, g: &GovernanceStats| {
         vec![
             name.to_string(),
             s.connections_opened.to_string(),
@@ -314,14 +314,26 @@ fn stats_table(stats: &StatsView) -> String {
             table::bytes(s.bytes_received),
             table::optional(s.mean_duration_ms, "ms"),
             table::optional(s.mean_srtt_us, "µs"),
+            g.overflows.to_string(),
+            g.fault_aborts.to_string(),
+            g.denials.to_string(),
         ]
     };
     let mut rows: Vec<Vec<String>> = stats
         .services
         .iter()
-        .map(|s| row(&s.service, &s.stats))
+        .map(|s| row(&s.service, &s.stats, &s.governance))
         .collect();
-    rows.push(row("TOTAL", &stats.total));
+    let refused = stats
+        .services
+        .iter()
+        .fold(GovernanceStats::default(), |sum, s| GovernanceStats {
+            limited_open: sum.limited_open + s.governance.limited_open,
+            overflows: sum.overflows + s.governance.overflows,
+            fault_aborts: sum.fault_aborts + s.governance.fault_aborts,
+            denials: sum.denials + s.governance.denials,
+        });
+    rows.push(row("TOTAL", &stats.total, &refused));
     render(
         &[
             "SERVICE",
@@ -333,6 +345,9 @@ fn stats_table(stats: &StatsView) -> String {
             "RECEIVED",
             "MEAN-LIFE",
             "MEAN-SRTT",
+            "OVERFLOW",
+            "ABORTED",
+            "DENIED",
         ],
         &rows,
     ) + &format!("events lost (ring buffer full): {}\n", stats.events_lost)

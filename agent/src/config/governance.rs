@@ -78,17 +78,35 @@ impl FaultErrno {
 }
 
 /// A cgroup as the config names it: a path under the cgroup2 mount, absolute and without
-/// `.` or `..` (resolved to the kernel's cgroup id when the service is installed).
+/// `.` or `..`, and the kernel's id for it once the source resolved it (a file naming a
+/// cgroup that does not exist is rejected at reload).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct CgroupPath(pub PathBuf);
+pub struct CgroupPath {
+    pub path: PathBuf,
+    pub id: Option<CgroupId>,
+}
+
+/// The kernel's id of a cgroup and its depth below the cgroup2 root (the root is level 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CgroupId {
+    pub id: u64,
+    pub level: u32,
+}
 
 impl CgroupPath {
+    pub fn new(path: impl Into<PathBuf>) -> CgroupPath {
+        CgroupPath {
+            path: path.into(),
+            id: None,
+        }
+    }
+
     /// The kernel's id of this cgroup under `cgroup2_root`: on cgroup2 it is the inode
     /// number of the cgroup's directory, the value `bpf_get_current_cgroup_id` returns for
     /// a task in it. Fails if there is no such directory.
-    pub fn resolve(&self, cgroup2_root: &std::path::Path) -> std::io::Result<u64> {
+    pub fn resolve(&self, cgroup2_root: &std::path::Path) -> std::io::Result<CgroupId> {
         use std::os::unix::fs::MetadataExt as _;
-        let relative = self.0.strip_prefix("/").unwrap_or(&self.0);
+        let relative = self.path.strip_prefix("/").unwrap_or(&self.path);
         let dir = cgroup2_root.join(relative);
         let metadata = std::fs::metadata(&dir)?;
         if !metadata.is_dir() {
@@ -97,7 +115,46 @@ impl CgroupPath {
                 format!("{} is not a cgroup directory", dir.display()),
             ));
         }
-        Ok(metadata.ino())
+        Ok(CgroupId {
+            id: metadata.ino(),
+            level: relative.components().count() as u32,
+        })
+    }
+}
+
+impl Governance {
+    /// Resolves every cgroup the service names to the kernel's id, under `cgroup2_root`;
+    /// each one that does not exist is an error at its field path (`path` is the service's).
+    pub(super) fn resolve_cgroups(
+        &mut self,
+        path: &str,
+        cgroup2_root: &std::path::Path,
+        errors: &mut Errors,
+    ) {
+        let mut resolve =
+            |field: String, cgroup: &mut CgroupPath| match cgroup.resolve(cgroup2_root) {
+                Ok(id) => cgroup.id = Some(id),
+                Err(e) => errors.add(
+                    field,
+                    format!(
+                        "{}: no such cgroup under {} ({e})",
+                        cgroup.path.display(),
+                        cgroup2_root.display()
+                    ),
+                ),
+            };
+        if let Some(Fault {
+            cgroup: Some(cgroup),
+            ..
+        }) = &mut self.fault
+        {
+            resolve(format!("{path}.fault.cgroup"), cgroup);
+        }
+        for (index, rule) in self.allow.iter_mut().enumerate() {
+            if let AllowRule::Cgroup(cgroup) = rule {
+                resolve(format!("{path}.allow[{index}].cgroup"), cgroup);
+            }
+        }
     }
 }
 
@@ -221,6 +278,16 @@ pub(super) fn allow(path: &str, raw: Option<Vec<RawAllow>>, errors: &mut Errors)
             "is empty, which would refuse everyone: remove it to leave the service open",
         );
     }
+    if raw.len() > weft_common::MAX_ALLOW_RULES {
+        errors.add(
+            path,
+            format!(
+                "has {} rules; at most {} are checked at connect",
+                raw.len(),
+                weft_common::MAX_ALLOW_RULES
+            ),
+        );
+    }
     let mut rules = Vec::with_capacity(raw.len());
     for (index, rule) in raw.into_iter().enumerate() {
         let path = format!("{path}[{index}]");
@@ -276,7 +343,7 @@ fn cgroup(path: &str, text: &str, errors: &mut Errors) -> Option<CgroupPath> {
         );
         return None;
     }
-    Some(CgroupPath(candidate.to_path_buf()))
+    Some(CgroupPath::new(candidate))
 }
 
 fn cidr(path: &str, text: &str, errors: &mut Errors) -> Option<AllowRule> {
@@ -374,13 +441,13 @@ mod tests {
             Some(Fault {
                 abort_percent: 20,
                 errno: FaultErrno::ConnectionRefused,
-                cgroup: Some(CgroupPath("/experiments/a".into())),
+                cgroup: Some(CgroupPath::new("/experiments/a")),
             })
         );
         assert_eq!(
             g.allow,
             vec![
-                AllowRule::Cgroup(CgroupPath("/apps/frontend".into())),
+                AllowRule::Cgroup(CgroupPath::new("/apps/frontend")),
                 AllowRule::Uid(1000),
                 AllowRule::Gid(50),
                 AllowRule::Cidr {
@@ -480,8 +547,11 @@ mod tests {
         std::fs::create_dir_all(root.join("apps/frontend")).unwrap();
         std::fs::write(root.join("apps/file"), b"").unwrap();
         let want = std::fs::metadata(root.join("apps/frontend")).unwrap().ino();
-        let path = |p: &str| CgroupPath(p.into());
-        assert_eq!(path("/apps/frontend").resolve(&root).unwrap(), want);
+        let path = CgroupPath::new;
+        assert_eq!(
+            path("/apps/frontend").resolve(&root).unwrap(),
+            CgroupId { id: want, level: 2 }
+        );
         let missing = path("/apps/backend").resolve(&root).unwrap_err();
         assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
         let file = path("/apps/file").resolve(&root).unwrap_err();

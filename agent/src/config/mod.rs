@@ -205,6 +205,22 @@ impl Config {
         let raw = raw::parse(text)?;
         validate::validate(raw)
     }
+
+    /// Resolves the cgroups the services' governance names to the kernel's ids, under the
+    /// cgroup2 mount `cgroup2_root`; the config is rejected whole if one does not exist.
+    pub fn resolve_cgroups(&mut self, cgroup2_root: &Path) -> Result<(), ConfigError> {
+        let mut errors = validate::Errors::default();
+        for (index, service) in self.services.iter_mut().enumerate() {
+            // Shared specs are fresh from the parser: nothing else holds them yet.
+            let service = Arc::make_mut(service);
+            service.governance.resolve_cgroups(
+                &format!("services[{index}]"),
+                cgroup2_root,
+                &mut errors,
+            );
+        }
+        errors.into_result()
+    }
 }
 
 /// A config file's bytes, refusing files over `MAX_FILE_BYTES` without reading them (and

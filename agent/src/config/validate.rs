@@ -29,6 +29,14 @@ impl Errors {
     pub(super) fn add(&mut self, path: impl AsRef<str>, message: impl AsRef<str>) {
         self.0.push(FieldError::new(path, message));
     }
+
+    pub(super) fn into_result(self) -> Result<(), ConfigError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(self.0))
+        }
+    }
 }
 
 pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -182,6 +190,12 @@ fn service(
         fault: governance::fault(&format!("{path}.fault"), raw.fault, errors),
         allow: governance::allow(&format!("{path}.allow"), raw.allow, errors),
     };
+    if protocol == Protocol::Udp && governance.limits != Default::default() {
+        errors.add(
+            format!("{path}.limits"),
+            "counts connections, which a UDP service does not have: limits apply to tcp services",
+        );
+    }
     if errors.0.len() != before {
         return None;
     }

@@ -31,8 +31,8 @@ use crate::{
 
 /// How often the pins are checked (seconds until a `weft reset` under the agent is noticed).
 const PIN_CHECK: Duration = Duration::from_secs(1);
-/// How often ejections are checked for expiry.
-const EJECTION_CHECK: Duration = Duration::from_millis(50);
+/// How often ejections are checked for expiry and slow-start ramps for their next step.
+const TIMER_CHECK: Duration = Duration::from_millis(50);
 /// First and longest wait before retrying services that could not be installed.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LONGEST_RETRY: Duration = Duration::from_secs(30);
@@ -48,6 +48,8 @@ enum Trigger {
     Start,
     ConfigChange,
     HealthChange,
+    /// An ejection ran out or a slow-start ramp reached its next step.
+    Timer,
     Retry,
     Reinstall,
 }
@@ -57,6 +59,7 @@ impl Trigger {
         match self {
             Trigger::Start | Trigger::ConfigChange => "config applied",
             Trigger::HealthChange => "health change applied",
+            Trigger::Timer => "ejection expiry or slow-start step applied",
             Trigger::Retry => "retry applied",
             Trigger::Reinstall => "datapath reinstalled",
         }
@@ -291,7 +294,7 @@ impl Agent {
                 "not ready until every source has delivered what it has; what is pinned keeps serving"
             );
         }
-        let mut ejection_check = tokio::time::interval(EJECTION_CHECK);
+        let mut timer_check = tokio::time::interval(TIMER_CHECK);
         let mut pin_check = tokio::time::interval(PIN_CHECK);
         loop {
             let mut reloads = Reloads::default();
@@ -321,9 +324,11 @@ impl Agent {
                     }
                     Trigger::HealthChange
                 }
-                _ = ejection_check.tick() => {
-                    self.store.expire_ejections(Instant::now());
-                    Trigger::HealthChange
+                _ = timer_check.tick() => {
+                    let now = Instant::now();
+                    self.store.expire_ejections(now);
+                    self.store.advance_ramps(now);
+                    Trigger::Timer
                 }
                 _ = self.retry.due() => {
                     self.store.retry_not_installed();

@@ -15,6 +15,7 @@ mod install;
 mod maps;
 mod observe;
 mod pins;
+mod policies;
 pub mod privileges;
 mod reset;
 mod tc;
@@ -73,6 +74,8 @@ pub struct Datapath {
     tc_attachments: Vec<tc::TcAttachment>,
     /// Service addresses for the TC programs (when they are attached).
     vips: Option<vips::Vips>,
+    /// Governance the kernel enforces per service.
+    policies: policies::Policies,
     flow_expiry: Option<FlowExpiry>,
     /// Entries the TC flow table was created with (when TC programs are attached).
     flow_table_entries: Option<u32>,
@@ -133,7 +136,8 @@ impl Datapath {
             map: weft_common::maps::EVENTS,
             error: Box::new(error),
         })?;
-        let observer = Some(Observer::take(&mut ebpf, tc_on)?);
+        let observer = Some(Observer::take(&mut ebpf, tc_on, &layout.maps)?);
+        let policies = policies::Policies::take(&mut ebpf)?;
         let (installed, orphans) = adopt::read_installed(&mut maps)?;
         if orphans > 0 {
             warn!(
@@ -166,6 +170,7 @@ impl Datapath {
             attachments,
             tc_attachments,
             vips,
+            policies,
             flow_expiry,
             flow_table_entries,
             installed,
@@ -264,8 +269,16 @@ impl Datapath {
                 .collect(),
             None => Vec::new(),
         };
+        // A policy goes in before the table it governs: a new service is governed from its
+        // first connection.
+        for plan in &plans {
+            self.policies.follow(plan.id, plan.policy.as_ref());
+        }
         let report = self.installed.apply(&mut self.maps, removals, plans);
         self.follow_vips(touched.into_iter());
+        for r in removed {
+            self.policies.follow(r.id, None);
+        }
         report
     }
 
@@ -285,13 +298,18 @@ impl Datapath {
     /// Removes installed services `keep` does not want: an earlier agent's that no source
     /// defines any more. Called once the sources have delivered everything.
     pub fn remove_strays(&mut self, keep: impl Fn(ServiceId) -> bool) -> ApplyReport {
-        let strays = self.installed.strays(keep);
+        let strays = self.installed.strays(&keep);
         let ids: Vec<ServiceId> = match self.vips {
             Some(_) => strays.iter().map(|r| r.id).collect(),
             None => Vec::new(),
         };
         let report = self.installed.apply(&mut self.maps, strays, Vec::new());
         self.follow_vips(ids.into_iter());
+        // Policies of services no source defines (an earlier agent's) go with them.
+        let stale: Vec<ServiceId> = self.policies.services().filter(|&id| !keep(id)).collect();
+        for id in stale {
+            self.policies.follow(id, None);
+        }
         report
     }
 }

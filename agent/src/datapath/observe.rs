@@ -4,7 +4,10 @@
 //! entry): callers sample it off the control loop, and not per request.
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
-use weft_common::{ConnRecord, RevNatKey, RevNatValue, counter, maps as names, tc_counter};
+use weft_common::{
+    Backend, ConnRecord, GovernCount, GovernKey, RevNatKey, RevNatValue, WHOLE_SERVICE, counter,
+    maps as names, tc_counter,
+};
 
 use super::{
     DatapathError,
@@ -17,8 +20,21 @@ pub struct Observer {
     revnat: HashMap<MapData, RevNatKey, RevNatValue>,
     lost: PerCpuArray<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
+    /// Governance counts (its own handle on the pinned map: the datapath holds another).
+    govern: HashMap<MapData, GovernKey, GovernCount>,
+    /// Endpoints by backend id, to name the endpoints those counts are for.
+    backends: HashMap<MapData, u32, Backend>,
     /// The TC path's flows and counters, when its programs are attached.
     tc: Option<(FlowReader, PerCpuArray<MapData, u64>)>,
+}
+
+/// One row of `WEFT_GOVCNT_V1`: a governed service's counts (`endpoint` none) or one of
+/// its endpoints'.
+#[derive(Clone, Copy, Debug)]
+pub struct GovernRow {
+    pub service_id: u32,
+    pub endpoint: Option<std::net::SocketAddr>,
+    pub count: GovernCount,
 }
 
 /// What the TC programs counted (`WEFT_TCSTAT_V1`), summed over CPUs, by reason.
@@ -26,7 +42,7 @@ pub struct Observer {
 pub struct TcCounters(pub Vec<(&'static str, u64)>);
 
 /// The reasons `WEFT_TCSTAT_V1` counts, as metric labels.
-const TC_REASONS: [(u32, &str); 10] = [
+const TC_REASONS: [(u32, &str); 11] = [
     (tc_counter::NO_ENDPOINT, "no_endpoint"),
     (tc_counter::TRUNCATED, "truncated"),
     (tc_counter::BAD_HEADER, "bad_header"),
@@ -37,6 +53,7 @@ const TC_REASONS: [(u32, &str); 10] = [
     (tc_counter::ICMP_UNMATCHED, "icmp_unmatched"),
     (tc_counter::FLOW_NOT_WRITTEN, "flow_not_written"),
     (tc_counter::ENDPOINT_GONE, "endpoint_gone"),
+    (tc_counter::DENIED, "denied"),
 ];
 
 /// The kernel's own event counts (`WEFT_COUNTERS_V1`), summed over CPUs.
@@ -49,7 +66,11 @@ pub struct KernelCounters {
 }
 
 impl Observer {
-    pub(super) fn take(ebpf: &mut aya::Ebpf, tc: bool) -> Result<Observer, DatapathError> {
+    pub(super) fn take(
+        ebpf: &mut aya::Ebpf,
+        tc: bool,
+        maps_dir: &std::path::Path,
+    ) -> Result<Observer, DatapathError> {
         fn raw(ebpf: &mut aya::Ebpf, map: &'static str) -> Result<aya::maps::Map, DatapathError> {
             ebpf.take_map(map).ok_or(DatapathError::MissingMap { map })
         }
@@ -62,8 +83,17 @@ impl Observer {
         } else {
             None
         };
+        let pinned = |map: &'static str| {
+            MapData::from_pin(maps_dir.join(map))
+                .map(aya::maps::Map::HashMap)
+                .map_err(map_error(map))
+        };
+        let govern = pinned(names::GOVERN)?;
+        let backends = pinned(names::BACKENDS)?;
         Ok(Observer {
             tc,
+            backends: HashMap::try_from(backends).map_err(map_error(names::BACKENDS))?,
+            govern: HashMap::try_from(govern).map_err(map_error(names::GOVERN))?,
             conns: HashMap::try_from(raw(ebpf, names::CONNS)?).map_err(map_error(names::CONNS))?,
             revnat: HashMap::try_from(raw(ebpf, names::REVNAT)?)
                 .map_err(map_error(names::REVNAT))?,
@@ -117,6 +147,28 @@ impl Observer {
                 .map(|&(index, reason)| (reason, sum(counters, index)))
                 .collect(),
         ))
+    }
+
+    /// The governance counts of every governed service and its endpoints.
+    pub fn governance(&self) -> Vec<GovernRow> {
+        self.govern
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(key, count)| {
+                let endpoint = if key.backend_id == WHOLE_SERVICE {
+                    None
+                } else {
+                    // An endpoint gone from every service: its counts name nothing left.
+                    let backend = self.backends.get(&key.backend_id, 0).ok()?;
+                    Some(crate::layout::endpoint_of(&backend))
+                };
+                Some(GovernRow {
+                    service_id: key.service_id,
+                    endpoint,
+                    count,
+                })
+            })
+            .collect()
     }
 
     pub fn counters(&self) -> KernelCounters {

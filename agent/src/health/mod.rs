@@ -1,9 +1,10 @@
 //! Endpoint health: the state machine one endpoint goes through (active probe results with
 //! hysteresis, passive ejection), what the states mean for a service's weights (with the
-//! panic threshold), and the prober that sends the active probes. The store keeps each
+//! panic threshold), the slow-start ramp of an endpoint that becomes usable, and the prober that sends the active probes. The store keeps each
 //! endpoint's state; this module only knows how states change.
 
 mod probe;
+pub mod ramp;
 mod state;
 mod weights;
 

@@ -3,6 +3,7 @@
 //! writes what these return.
 
 pub mod maglev;
+pub mod policy;
 mod table;
 
 pub use table::{Member, ServicePlan, TableInputs, build_in_batches, build_tables};

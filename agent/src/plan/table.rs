@@ -18,6 +18,8 @@ pub struct ServicePlan {
     pub table_size: u32,
     /// The configured endpoints with their effective weights and identity hashes.
     pub endpoints: Vec<PlannedEndpoint>,
+    /// What the kernel enforces at connect (limits, fault, allow), if anything.
+    pub policy: Option<weft_common::Policy>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,10 +42,11 @@ impl ServicePlan {
                 .zip(&service.endpoints)
                 .map(|(spec, state)| PlannedEndpoint {
                     address: spec.address,
-                    weight: state.effective,
+                    weight: state.table_weight,
                     hash: layout::endpoint_hash(spec.address),
                 })
                 .collect(),
+            policy: super::policy::of(&service.spec.governance),
         }
     }
 }

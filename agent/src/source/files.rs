@@ -264,7 +264,19 @@ fn load(path: &Path, known: Option<u64>, rejected: Option<u64>) -> Loaded {
     if known == Some(digest) || rejected == Some(digest) {
         return Loaded::Unchanged(digest);
     }
-    Loaded::Parsed(digest, Config::from_bytes(&bytes))
+    let config = Config::from_bytes(&bytes).and_then(|mut config| {
+        config.resolve_cgroups(cgroup2_root())?;
+        Ok(config)
+    });
+    Loaded::Parsed(digest, config)
+}
+
+/// The cgroup2 mount the config's cgroup paths are under, found once.
+fn cgroup2_root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        crate::datapath::discover_cgroup2_root().unwrap_or_else(|_| "/sys/fs/cgroup".into())
+    })
 }
 
 /// What one file defined when last accepted.

@@ -76,7 +76,11 @@ pub fn count(batch: &[ConnRecord], sinks: &Sinks) -> Vec<ConnectOutcome> {
             continue;
         };
         let endpoint = record::destination(r);
-        service.counters.count(endpoint, r);
+        // Refusals have no endpoint (the destination is the service address); the kernel
+        // counts them itself, per service.
+        if !record::is_refusal(r) {
+            service.counters.count(endpoint, r);
+        }
         if following {
             let _ = sinks.follow.send(ConnEvent {
                 service: Arc::clone(&service.spec.name),

@@ -20,7 +20,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use super::{KernelSample, Totals};
+use super::{Governed, KernelSample, Totals};
 use crate::{
     config::Protocol,
     datapath::KernelCounters,
@@ -361,6 +361,8 @@ const TRAFFIC: [Traffic; 11] = [
 /// A series of one family: its value for a service, or an endpoint of it.
 type ServiceValue = fn(&ServiceState, &KernelSample) -> u64;
 type EndpointValue = fn(&ServiceState, usize, &Totals, &KernelSample) -> u64;
+/// A series of a governed service or endpoint: its value from the kernel's counts.
+type GovernedValue = fn(&Governed) -> u64;
 
 const STATES: [State; 5] = [
     State::Unknown,
@@ -440,6 +442,12 @@ impl Collector for ServiceCollector {
                     .encode_gauge(&(value(s, &sample) as i64))?;
             }
         }
+        encode_governance(
+            &mut encoder,
+            &services,
+            &sample,
+            view.settings.endpoint_metrics,
+        )?;
         for (name, help, pick) in [
             (
                 "weft_tcp_connection_duration",
@@ -472,6 +480,96 @@ impl Collector for ServiceCollector {
         }
         Ok(())
     }
+}
+
+/// What governance counted, for the services that have any (and, with endpoint metrics on,
+/// their endpoints): refusals by reason, and the open connections limits count.
+fn encode_governance(
+    encoder: &mut DescriptorEncoder,
+    services: &[&Arc<ServiceState>],
+    sample: &KernelSample,
+    per_endpoint: bool,
+) -> Result<(), fmt::Error> {
+    let governed: Vec<&Arc<ServiceState>> = services
+        .iter()
+        .filter(|s| s.spec.governance != Default::default())
+        .copied()
+        .collect();
+    let counters: [(&str, &str, GovernedValue); 3] = [
+        (
+            "weft_service_overflows",
+            "Connects refused because no endpoint (or the service) had room under its limits",
+            |g| g.overflow,
+        ),
+        (
+            "weft_service_fault_aborts",
+            "Connects refused by fault injection",
+            |g| g.aborted,
+        ),
+        (
+            "weft_service_denials",
+            "Connects and forwarded flows refused by the service's allow rules",
+            |g| g.denied,
+        ),
+    ];
+    for (name, help, value) in &counters {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for s in &governed {
+            family
+                .encode_family(&[("service", &*s.spec.name)])?
+                .encode_counter::<NoLabelSet, _, u64>(&value(&sample.governed(s.id, None)), None)?;
+        }
+    }
+    let limited: Vec<&&Arc<ServiceState>> = governed
+        .iter()
+        .filter(|s| s.spec.governance.limits != Default::default())
+        .collect();
+    let mut family = encoder.encode_descriptor(
+        "weft_service_limited_connections_open",
+        "Open connections counted against the service's limits (connect to socket release)",
+        None,
+        MetricType::Gauge,
+    )?;
+    for s in &limited {
+        family
+            .encode_family(&[("service", &*s.spec.name)])?
+            .encode_gauge(&(sample.governed(s.id, None).open as i64))?;
+    }
+    if !per_endpoint {
+        return Ok(());
+    }
+    let endpoint_series: [(&str, &str, MetricType, GovernedValue); 2] = [
+        (
+            "weft_endpoint_overflows",
+            "Connects that drew the endpoint while it was at its limit (sent elsewhere or refused)",
+            MetricType::Counter,
+            |g| g.overflow,
+        ),
+        (
+            "weft_endpoint_limited_connections_open",
+            "Open connections counted against the endpoint's limit",
+            MetricType::Gauge,
+            |g| g.open,
+        ),
+    ];
+    for (name, help, kind, value) in &endpoint_series {
+        let mut family = encoder.encode_descriptor(name, help, None, *kind)?;
+        for s in &limited {
+            for e in &s.spec.endpoints {
+                let labels = [
+                    ("service", s.spec.name.to_string()),
+                    ("endpoint", e.address.to_string()),
+                ];
+                let v = value(&sample.governed(s.id, Some(e.address)));
+                let mut metric = family.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => metric.encode_counter::<NoLabelSet, _, u64>(&v, None)?,
+                    _ => metric.encode_gauge(&(v as i64))?,
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The per-endpoint series (`stats.endpoint_metrics: true`): every configured endpoint,

@@ -15,4 +15,4 @@ pub use counters::{Counters, Histograms, ServiceCounters, Totals};
 pub use events::{ConnEvent, ConnectOutcome};
 pub use exposition::classic_text;
 pub use metrics::Metrics;
-pub use sample::KernelSample;
+pub use sample::{Governed, KernelSample};

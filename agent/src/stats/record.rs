@@ -54,13 +54,24 @@ fn socket(record: &ConnRecord, addr: &weft_common::Addr, port_be: u16) -> Socket
 /// The state a record shows: the kernel's TCP state for a socket-path connection; for UDP
 /// traffic and TC flows (no socket state to read) whether it is still going.
 pub fn state(record: &ConnRecord) -> &'static str {
-    if is_socket_tcp(record) {
+    if is_refusal(record) {
+        "refused"
+    } else if is_socket_tcp(record) {
         state_name(record.state)
     } else if record.kind == weft_common::event::CLOSED {
         "closed"
     } else {
         "active"
     }
+}
+
+/// A connect (or forwarded flow) the service's governance refused: no endpoint took it.
+pub fn is_refusal(record: &ConnRecord) -> bool {
+    use weft_common::event;
+    matches!(
+        record.kind,
+        event::DENIED | event::ABORTED | event::OVERFLOW
+    )
 }
 
 pub fn state_name(state: u8) -> &'static str {

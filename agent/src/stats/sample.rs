@@ -29,6 +29,22 @@ pub struct KernelSample {
     pub open: HashMap<(ServiceId, SocketAddr), u64>,
     /// The same, summed per service.
     pub open_per_service: HashMap<ServiceId, u64>,
+    /// What governance counted, per governed service and per endpoint of one.
+    pub governance: HashMap<(ServiceId, Option<SocketAddr>), Governed>,
+}
+
+/// A governed service's (or endpoint's) counts, as the kernel keeps them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Governed {
+    /// Open connections counted against the limits (services with limits).
+    pub open: u64,
+    /// Endpoint: connections that drew it while full. Service: connections refused for
+    /// want of room.
+    pub overflow: u64,
+    /// Connections refused by fault injection (service only).
+    pub aborted: u64,
+    /// Connections refused by `allow` (service only).
+    pub denied: u64,
 }
 
 impl KernelSample {
@@ -67,7 +83,31 @@ impl KernelSample {
                 sample.count_open(id, flow.endpoint());
             }
         }
+        for row in observer.governance() {
+            let id = ServiceId(row.service_id);
+            if view.service(id).is_none() {
+                continue;
+            }
+            sample.governance.insert(
+                (id, row.endpoint),
+                Governed {
+                    // A count a racing decrement took below zero is none open.
+                    open: row.count.open.max(0) as u64,
+                    overflow: row.count.overflow,
+                    aborted: row.count.aborted,
+                    denied: row.count.denied,
+                },
+            );
+        }
         sample
+    }
+
+    /// A service's governance counts (zero if it has none, or nothing happened yet).
+    pub fn governed(&self, id: ServiceId, endpoint: Option<SocketAddr>) -> Governed {
+        self.governance
+            .get(&(id, endpoint))
+            .copied()
+            .unwrap_or_default()
     }
 
     fn count_open(&mut self, id: ServiceId, endpoint: SocketAddr) {

@@ -20,7 +20,7 @@ pub use catalog::{Active, Catalog};
 
 use crate::{
     config::{Frontend, HealthCheck, Probe, ServiceSpec, StatsSettings, TcSettings},
-    health::{self, EndpointHealth, ProbeOutcome, State, Transition},
+    health::{self, EndpointHealth, ProbeOutcome, State, Transition, ramp},
     source::{Claim, Delta, Origin, StatsClaim, TcClaim},
     stats::ServiceCounters,
 };
@@ -60,13 +60,23 @@ pub struct ServiceState {
     pub installed: Installed,
     /// Connection counters, kept across changes of the definition.
     pub counters: Arc<ServiceCounters>,
+    /// Weights were worked out at least once: an endpoint that becomes usable from now on
+    /// is new to a running service (slow start ramps it), not part of its first table.
+    pub weighed: bool,
 }
 
 #[derive(Clone, Debug)]
 pub struct EndpointState {
     pub health: EndpointHealth,
-    /// The weight the kernel uses (0: no new connections).
+    /// The weight the kernel uses (0: no new connections), in the configured weight's
+    /// units (rounded up while it ramps).
     pub effective: u32,
+    /// What the table is built from: `effective`, or for a service with slow start the
+    /// effective weight in thousandths (so a ramp is exact even for weight 1).
+    pub table_weight: u32,
+    /// Slow start: when the endpoint became usable and the share of its weight it has now,
+    /// in thousandths; none when it has its whole weight.
+    pub ramp: Option<(Instant, u32)>,
 }
 
 impl ServiceState {
@@ -183,6 +193,8 @@ pub struct Store {
     ids: Ids,
     /// Endpoints ejected now: the frequent expiry check walks these, not all.
     ejected: HashSet<EndpointRef>,
+    /// Services with an endpoint on its slow-start ramp.
+    ramping: BTreeSet<ServiceId>,
     stats: Held<StatsSettings>,
     tc: Held<TcSettings>,
     work: Work,
@@ -319,6 +331,8 @@ impl Store {
                     .unwrap_or(EndpointState {
                         health: EndpointHealth::new(probing),
                         effective: 0,
+                        table_weight: 0,
+                        ramp: None,
                     })
             })
             .collect();
@@ -366,6 +380,7 @@ impl Store {
             panic: previous.as_ref().is_some_and(|p| p.panic),
             installed,
             counters,
+            weighed: previous.as_ref().is_some_and(|p| p.weighed),
         };
         self.put(id, state);
         self.work.dirty.insert(id);
@@ -517,6 +532,27 @@ impl Store {
         }
     }
 
+    /// Moves slow-start ramps on: services with an endpoint whose ramp reached its next
+    /// step (or its end) are planned again. Runs often, so it touches only ramping services.
+    pub fn advance_ramps(&mut self, now: Instant) {
+        let due: Vec<ServiceId> = self
+            .ramping
+            .iter()
+            .copied()
+            .filter(|&id| {
+                self.get(id).is_some_and(|s| {
+                    let window = s.spec.governance.slow_start.map(|s| s.window);
+                    s.endpoints.iter().any(|e| {
+                        e.ramp.is_some_and(|(since, at)| {
+                            window.and_then(|w| ramp::permille(since, now, w)) != Some(at)
+                        })
+                    })
+                })
+            })
+            .collect();
+        self.work.dirty.extend(due);
+    }
+
     /// Ends ejections whose time is up. Runs often, so it touches only ejected endpoints.
     pub fn expire_ejections(&mut self, now: Instant) {
         let due: Vec<EndpointRef> = self
@@ -577,6 +613,7 @@ impl Store {
     /// services that entered (true) or left (false) panic mode.
     pub fn reweigh(&mut self, dirty: &BTreeSet<ServiceId>) -> Vec<(Arc<str>, bool)> {
         let mut panics = Vec::new();
+        let now = Instant::now();
         for &id in dirty {
             let Some(service) = self.service_mut(id) else {
                 continue;
@@ -585,12 +622,24 @@ impl Store {
                 .map(|i| (service.spec.endpoints[i].weight, service.state(i)))
                 .collect();
             let effective = health::effective_weights(&endpoints, service.spec.panic_threshold);
-            for (endpoint, weight) in service.endpoints.iter_mut().zip(effective.weights) {
-                endpoint.effective = weight;
-            }
+            let window = service.spec.governance.slow_start.map(|s| s.window);
+            let first = !service.weighed;
+            service.weighed = true;
+            let ramps = set_weights(
+                &mut service.endpoints,
+                &effective.weights,
+                window,
+                first,
+                now,
+            );
             if service.panic != effective.panic {
                 service.panic = effective.panic;
                 panics.push((Arc::clone(&service.spec.name), effective.panic));
+            }
+            if ramps {
+                self.ramping.insert(id);
+            } else {
+                self.ramping.remove(&id);
             }
         }
         panics
@@ -613,6 +662,38 @@ impl Store {
             .flatten()
             .filter(|s| s.installed != Installed::Yes)
     }
+}
+
+/// Gives a service's endpoints their effective `weights`, ramping those that became usable
+/// (unless this is the service's `first` weighing) when it has a slow-start `window`.
+/// Returns whether any endpoint is ramping.
+fn set_weights(
+    endpoints: &mut [EndpointState],
+    weights: &[u32],
+    window: Option<std::time::Duration>,
+    first: bool,
+    now: Instant,
+) -> bool {
+    let mut ramps = false;
+    for (endpoint, &weight) in endpoints.iter_mut().zip(weights) {
+        let became_usable = endpoint.effective == 0 && weight > 0;
+        let since = match endpoint.ramp {
+            _ if weight == 0 || window.is_none() => None,
+            Some((since, _)) => Some(since),
+            None => (became_usable && !first).then_some(now),
+        };
+        let permille = since
+            .zip(window)
+            .and_then(|(since, window)| ramp::permille(since, now, window));
+        endpoint.ramp = since.zip(permille);
+        ramps |= endpoint.ramp.is_some();
+        (endpoint.effective, endpoint.table_weight) = match (window, permille) {
+            (_, Some(p)) => (ramp::shown_weight(weight, p), ramp::table_weight(weight, p)),
+            (Some(_), None) => (weight, ramp::table_weight(weight, ramp::FULL)),
+            (None, None) => (weight, weight),
+        };
+    }
+    ramps
 }
 
 fn service_name(service: &ServiceState) -> Arc<str> {
@@ -651,5 +732,63 @@ impl Ids {
                 return ServiceId(self.cursor);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod slow_start_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn endpoint(effective: u32) -> EndpointState {
+        EndpointState {
+            health: EndpointHealth::new(false),
+            effective,
+            table_weight: effective,
+            ramp: None,
+        }
+    }
+
+    const WINDOW: Option<Duration> = Some(Duration::from_secs(10));
+
+    #[test]
+    fn a_first_table_takes_whole_weights_and_a_later_arrival_ramps() {
+        let now = Instant::now();
+        let mut endpoints = vec![endpoint(0), endpoint(0)];
+        assert!(!set_weights(&mut endpoints, &[1, 1], WINDOW, true, now));
+        assert_eq!(
+            endpoints.iter().map(|e| e.table_weight).collect::<Vec<_>>(),
+            [1000, 1000]
+        );
+        // The second endpoint goes unhealthy, then comes back.
+        assert!(!set_weights(&mut endpoints, &[1, 0], WINDOW, false, now));
+        assert!(set_weights(&mut endpoints, &[1, 1], WINDOW, false, now));
+        assert_eq!(endpoints[1].ramp, Some((now, 100)));
+        assert_eq!(
+            (endpoints[1].effective, endpoints[1].table_weight),
+            (1, 100)
+        );
+        // Half the window later it has half its weight; after it, all of it.
+        let half = now + Duration::from_secs(5);
+        assert!(set_weights(&mut endpoints, &[1, 1], WINDOW, false, half));
+        assert_eq!(endpoints[1].table_weight, 500);
+        let after = now + Duration::from_secs(10);
+        assert!(!set_weights(&mut endpoints, &[1, 1], WINDOW, false, after));
+        assert_eq!((endpoints[1].ramp, endpoints[1].table_weight), (None, 1000));
+    }
+
+    #[test]
+    fn without_slow_start_weights_are_plain() {
+        let now = Instant::now();
+        let mut endpoints = vec![endpoint(0), endpoint(5)];
+        assert!(!set_weights(&mut endpoints, &[3, 5], None, false, now));
+        assert_eq!(
+            endpoints
+                .iter()
+                .map(|e| (e.effective, e.table_weight, e.ramp))
+                .collect::<Vec<_>>(),
+            [(3, 3, None), (5, 5, None)]
+        );
     }
 }

@@ -4,9 +4,10 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::generated::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns};
 use weft_common::{
-    Addr, Backend, FlowKey, FlowValue, PROTO_TCP, ServiceKey, flow_dir, flow_flags, tc_counter,
+    Addr, Backend, ConnRecord, FlowKey, FlowValue, PROTO_TCP, ServiceKey, conn_flags, event,
+    flow_dir, flow_flags, tc_counter,
 };
 
 use super::{
@@ -14,6 +15,7 @@ use super::{
     packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 use crate::{
+    events, govern,
     maps::BACKENDS,
     select::{Choice, choose},
 };
@@ -137,6 +139,8 @@ pub enum Forward {
     NotService,
     /// A new flow to a service with no usable endpoint.
     NoEndpoint,
+    /// A new flow from a source the service's `allow` rules do not name.
+    Denied,
     /// The flow's entries could not be written.
     NotWritten,
     /// Send it to this endpoint (address and port, network order).
@@ -211,12 +215,45 @@ fn pick(tuple: &Tuple) -> Result<Picked, Forward> {
             backend,
             backend_id,
             service_id,
-        } => Ok(Picked {
-            backend,
-            backend_id,
-            service_id,
-        }),
+            ..
+        } => {
+            if let Some(policy) = govern::policy(service_id)
+                && !govern::source_allowed(policy, &tuple.src, tuple.family)
+            {
+                govern::count_refusal(service_id, govern::Refusal::Denied);
+                report_denial(tuple, service_id);
+                return Err(Forward::Denied);
+            }
+            Ok(Picked {
+                backend,
+                backend_id,
+                service_id,
+            })
+        }
     }
+}
+
+/// Tells `weft conns --follow` about a forwarded flow the `allow` rules refused.
+#[inline(always)]
+fn report_denial(tuple: &Tuple, service_id: u32) {
+    if events::connection_stats_off() {
+        return;
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let record = ConnRecord {
+        start_ns: now,
+        update_ns: now,
+        src_addr: tuple.src,
+        dst_addr: tuple.dst,
+        src_port: tuple.sport,
+        dst_port: tuple.dport,
+        family: tuple.family,
+        service_id,
+        flags: conn_flags::TC,
+        ..ConnRecord::default()
+    };
+    events::emit(&record, event::DENIED);
 }
 
 /// The entries of a new flow, both directions, as it starts.

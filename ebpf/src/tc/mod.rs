@@ -93,6 +93,10 @@ pub fn ingress(ctx: &TcContext) -> i32 {
             count(tc_counter::NO_ENDPOINT);
             DROP
         }
+        Forward::Denied => {
+            count(tc_counter::DENIED);
+            DROP
+        }
         Forward::NotWritten => {
             count(tc_counter::FLOW_NOT_WRITTEN);
             DROP
