@@ -287,3 +287,59 @@ pub fn admin_get(socket: &std::path::Path, path: &str) -> std::io::Result<(u16, 
         .ok_or_else(|| std::io::Error::other("no status code"))?;
     Ok((status, body.to_string()))
 }
+
+/// `weft conns --follow -o json` running against an agent: its events, one JSON object per
+/// line, collected on a thread.
+pub struct Follow {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Follow {
+    pub fn start(agent: &Agent) -> Follow {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(weft_bin())
+            .args(["conns", "--follow", "-o", "json", "--admin-socket"])
+            .arg(agent.admin_socket())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("weft conns --follow");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        // The follower subscribes when its request arrives; give it that moment.
+        std::thread::sleep(Duration::from_millis(300));
+        Follow { child, lines }
+    }
+
+    /// Events until `enough` of them or `timeout`.
+    pub fn events(&self, enough: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        let mut events = Vec::new();
+        while events.len() < enough && Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                events.push(
+                    serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("--follow line is not JSON ({e}): {line}")),
+                );
+            }
+        }
+        events
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -41,6 +41,22 @@ impl Cgroup {
         Cgroup { path }
     }
 
+    /// A child cgroup of this one (its programs run for the child's tasks too).
+    pub fn child(&self, name: &str) -> Cgroup {
+        let path = self.path.join(name);
+        fs::create_dir(&path).expect("creating child cgroup");
+        Cgroup { path }
+    }
+
+    /// This cgroup's path as the config names it: under the cgroup2 mount, from `/`.
+    pub fn config_path(&self) -> String {
+        let relative = self
+            .path
+            .strip_prefix(cgroup2_root())
+            .expect("a cgroup under the cgroup2 mount");
+        format!("/{}", relative.display())
+    }
+
     /// Moves this whole process into the cgroup until the guard drops.
     pub fn join(&self) -> Membership {
         let previous = current_cgroup();

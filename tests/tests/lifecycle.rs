@@ -127,8 +127,8 @@ fn sigterm_leaves_traffic_flowing_and_reset_removes_everything() {
     let bpffs = env.agent().bpffs_dir.clone();
     let maps = bpf::pinned_map_ids(&bpffs.join("maps"));
     // services, backends, maglev, revnat, events, conns, lost, settings, socknat, counters,
-    // sockudp
-    assert_eq!(maps.len(), 11, "pinned maps: {maps:?}");
+    // sockudp, policy, govcnt, sockgov
+    assert_eq!(maps.len(), 14, "pinned maps: {maps:?}");
 
     let status = env.agent_mut().signal(libc::SIGTERM);
     assert!(status.success(), "SIGTERM exit: {status}");

@@ -496,6 +496,40 @@ impl Lab {
         (with_stats, without)
     }
 
+    /// The socket path with the measured service governed — a per-endpoint limit, slow
+    /// start, fault injection for another cgroup and an `allow` list the clients pass, none
+    /// of which refuses anything — against the same service plain and a direct connection,
+    /// `rounds` times each, alternating. Returns (direct, plain, governed).
+    pub fn governed_and_plain(
+        &mut self,
+        rounds: usize,
+        workers: usize,
+        duration: Duration,
+    ) -> [Vec<Sample>; 3] {
+        let elsewhere = self.weft.cgroup.child("fault-only");
+        let fault_only = elsewhere.config_path();
+        let governance = [
+            NO_PROBES.to_string(),
+            "    limits: { max_connections_per_endpoint: 1000000, max_connections: 10000000 }\n"
+                .to_string(),
+            "    slow_start: { window: 30s }\n".to_string(),
+            format!("    fault: {{ abort_percent: 50, cgroup: {fault_only} }}\n"),
+            format!("    allow: [{{ cgroup: {fault_only} }}, {{ uid: 0 }}]\n"),
+        ]
+        .concat();
+        let governed = self.services.weft_measured([10, 96], &[], &governance);
+        let plain = self.services.weft_measured([10, 96], &[], NO_PROBES);
+        let mut samples: [Vec<Sample>; 3] = Default::default();
+        for _ in 0..rounds {
+            samples[0].push(self.drive(Contender::Direct, workers, duration));
+            samples[1].push(self.drive(Contender::Weft, workers, duration));
+            self.apply_measured(&governed);
+            samples[2].push(self.drive(Contender::Weft, workers, duration));
+            self.apply_measured(&plain);
+        }
+        samples
+    }
+
     /// Switches per-connection statistics and waits until the agent reports the switch
     /// (it changes no service, so the agent logs no apply for it).
     fn set_connection_stats(&self, on: bool) {

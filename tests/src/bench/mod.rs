@@ -133,6 +133,8 @@ pub fn run(options: &Options) -> Report {
         if scale == 1 {
             eprintln!("bench: the socket path with connection statistics on and off");
             report.stats_on_off = lab.stats_on_and_off(plan.rounds, plan.workers, plan.duration);
+            eprintln!("bench: the socket path with governance configured but not triggered");
+            report.governed = lab.governed_and_plain(plan.rounds, plan.workers, plan.duration);
         }
     }
     measure_changes(&lab, &mut report, plan.many);

@@ -28,6 +28,8 @@ pub struct Report {
     pub iptables_variant: String,
     /// The socket path at one service: rounds with per-connection statistics, rounds without.
     pub stats_on_off: (Vec<Sample>, Vec<Sample>),
+    /// One service: direct, weft plain, weft with governance configured (not triggered).
+    pub governed: [Vec<Sample>; 3],
     pub failover: Vec<Failover>,
     /// The Kubernetes source at the larger scale.
     pub kubernetes: Option<KubernetesBench>,
@@ -101,6 +103,7 @@ impl Report {
             footprint_many: None,
             iptables_variant: String::new(),
             stats_on_off: (Vec::new(), Vec::new()),
+            governed: Default::default(),
             failover: Vec::new(),
             kubernetes: None,
             forwarded: None,
@@ -295,6 +298,7 @@ impl Report {
         out.push_str(&self.kubernetes_section());
         out.push_str(&self.footprint_section());
         out.push_str(&self.stats_section());
+        out.push_str(&self.governance_section());
         out.push_str(&self.failover_section());
         if let Some(f) = &self.forwarded {
             out.push_str(&f.section());
@@ -468,6 +472,45 @@ impl Report {
         out
     }
 
+    /// Governed and plain socket path, each over direct in the same rounds.
+    pub fn governance_ratios(&self) -> Option<(f64, f64)> {
+        let [direct, plain, governed] = &self.governed;
+        Some((
+            paired_ratio(plain, direct)?,
+            paired_ratio(governed, direct)?,
+        ))
+    }
+
+    fn governance_section(&self) -> String {
+        let mut out = String::from(
+            "## Governance configured but not triggered (weft, 1 service)\n\n\
+             The measured service with `limits` (far above the load), `slow_start`, \
+             `fault` for another cgroup and an `allow` list the clients pass (a cgroup rule, \
+             then `uid: 0`), against the same service without governance and a direct \
+             connection, alternating in each round.\n\n\
+             | | connections/s | p50 latency | p99 latency | vs direct |\n\
+             | --- | ---: | ---: | ---: | ---: |\n",
+        );
+        let [direct, plain, governed] = &self.governed;
+        for (name, samples) in [
+            ("direct", direct),
+            ("weft", plain),
+            ("weft, governed", governed),
+        ] {
+            let Some(s) = summarize(samples) else {
+                return out + "| n/a | | | | |\n\n";
+            };
+            let ratio = paired_ratio(samples, direct).unwrap_or(f64::NAN);
+            let _ = writeln!(
+                out,
+                "| {name} | {:.0} | {:.0} µs | {:.0} µs | {ratio:.2}× |",
+                s.per_second, s.p50_us, s.p99_us
+            );
+        }
+        out.push('\n');
+        out
+    }
+
     fn failover_section(&self) -> String {
         let mut out = String::from(
             "## Failover: a backend killed under load\n\n\
@@ -532,6 +575,14 @@ impl Report {
                     r >= 0.95,
                 );
             }
+        }
+        if let Some((plain, governed)) = self.governance_ratios() {
+            target_row(
+                out,
+                "weft with limits, slow start, fault and allow configured (not triggered) ≥ 0.95× direct",
+                format!("{governed:.2}× (without governance {plain:.2}×)"),
+                governed >= 0.95,
+            );
         }
     }
 
