@@ -15,13 +15,11 @@ pub enum Choice {
         backend: Backend,
         backend_id: u32,
         service_id: u32,
-        /// Where in the table it was drawn, for a second choice (circuit breaking).
-        drawn: Drawn,
     },
 }
 
-/// A slot drawn from a service's current table.
-#[derive(Clone, Copy)]
+/// A slot drawn from a service's current table (all zero when none was).
+#[derive(Clone, Copy, Default)]
 pub struct Drawn {
     pub table_id: u32,
     pub table_size: u32,
@@ -31,6 +29,15 @@ pub struct Drawn {
 /// Picks the endpoint for `key`, using `entropy` (a random number or a hash) as the slot.
 #[inline(always)]
 pub fn choose(key: &ServiceKey, entropy: u32) -> Choice {
+    draw(key, entropy, &mut Drawn::default())
+}
+
+/// `choose`, also telling where in the table the slot was drawn (for a second choice:
+/// circuit breaking). A separate out-parameter rather than a field of `Choice::Endpoint`:
+/// a variant that large made LLVM spill its undefined bytes in the TC program from a
+/// register a helper call had clobbered, which the verifier refuses.
+#[inline(always)]
+pub fn draw(key: &ServiceKey, entropy: u32, drawn: &mut Drawn) -> Choice {
     // SAFETY: the service map is BPF_F_NO_PREALLOC, so an element the agent replaces is freed
     // only after readers are done (RCU); we copy the fields we need right away.
     let Some(service) = (unsafe { SERVICES.get(key) }) else {
@@ -56,16 +63,18 @@ pub fn choose(key: &ServiceKey, entropy: u32) -> Choice {
     let backend_id = chunk.backends[(slot & (MAGLEV_CHUNK - 1)) as usize];
     // SAFETY: as above.
     match unsafe { BACKENDS.get(&backend_id) } {
-        Some(backend) => Choice::Endpoint {
-            backend: *backend,
-            backend_id,
-            service_id,
-            drawn: Drawn {
+        Some(backend) => {
+            *drawn = Drawn {
                 table_id,
                 table_size,
                 slot,
-            },
-        },
+            };
+            Choice::Endpoint {
+                backend: *backend,
+                backend_id,
+                service_id,
+            }
+        }
         None => Choice::NoEndpoint,
     }
 }

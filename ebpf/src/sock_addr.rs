@@ -64,14 +64,14 @@ pub fn forward(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
     } else {
         select::mix_cookie(cookie)
     };
-    match select::choose(&key, entropy) {
+    let mut drawn = Drawn::default();
+    match select::draw(&key, entropy, &mut drawn) {
         Choice::NotService => ALLOW,
         Choice::NoEndpoint => refuse(ECONNREFUSED),
         Choice::Endpoint {
             mut backend,
             mut backend_id,
             service_id,
-            drawn,
         } => {
             if let Some(policy) = govern::policy(service_id) {
                 let request = Request {

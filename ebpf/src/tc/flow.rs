@@ -215,7 +215,6 @@ fn pick(tuple: &Tuple) -> Result<Picked, Forward> {
             backend,
             backend_id,
             service_id,
-            ..
         } => {
             if let Some(policy) = govern::policy(service_id)
                 && !govern::source_allowed(policy, &tuple.src, tuple.family)
