@@ -33,9 +33,7 @@ pub fn choose(key: &ServiceKey, entropy: u32) -> Choice {
 }
 
 /// `choose`, also telling where in the table the slot was drawn (for a second choice:
-/// circuit breaking). A separate out-parameter rather than a field of `Choice::Endpoint`:
-/// a variant that large made LLVM spill its undefined bytes in the TC program from a
-/// register a helper call had clobbered, which the verifier refuses.
+/// circuit breaking, which only the socket path does).
 #[inline(always)]
 pub fn draw(key: &ServiceKey, entropy: u32, drawn: &mut Drawn) -> Choice {
     // SAFETY: the service map is BPF_F_NO_PREALLOC, so an element the agent replaces is freed

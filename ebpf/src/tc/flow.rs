@@ -177,10 +177,13 @@ pub fn forward(tuple: &Tuple, tcp: u8, bytes: u64) -> Forward {
             count(tc_counter::ENDPOINT_GONE);
         }
     }
-    let picked = match pick(tuple) {
-        Ok(picked) => picked,
-        Err(outcome) => return outcome,
-    };
+    // Zeroed before the pick and filled by it, rather than returned in a `Result`: with the
+    // BPF ISA's 32-bit registers LLVM spilled the `Result`'s undefined payload on its error
+    // paths from a register a helper call had clobbered, which the verifier refuses.
+    let mut picked = Picked::default();
+    if let Some(refused) = pick(tuple, &mut picked) {
+        return refused;
+    }
     // A client port reused for a new connection (common under churn) mostly picks the
     // endpoint its last flow had: its entries are rewritten where they are, rather than two
     // inserts that each take an LRU node and push another flow out.
@@ -194,14 +197,17 @@ pub fn forward(tuple: &Tuple, tcp: u8, bytes: u64) -> Forward {
 }
 
 /// The endpoint a new flow goes to.
+#[derive(Default)]
 struct Picked {
     backend: Backend,
     backend_id: u32,
     service_id: u32,
 }
 
+/// Picks the endpoint of a new flow into `picked`; what to do instead when there is none
+/// or the service's `allow` rules refuse the source.
 #[inline(always)]
-fn pick(tuple: &Tuple) -> Result<Picked, Forward> {
+fn pick(tuple: &Tuple, picked: &mut Picked) -> Option<Forward> {
     let service = ServiceKey {
         addr: tuple.dst,
         port: tuple.dport,
@@ -209,8 +215,8 @@ fn pick(tuple: &Tuple) -> Result<Picked, Forward> {
         family: tuple.family,
     };
     match choose(&service, tuple.hash()) {
-        Choice::NotService => Err(Forward::NotService),
-        Choice::NoEndpoint => Err(Forward::NoEndpoint),
+        Choice::NotService => Some(Forward::NotService),
+        Choice::NoEndpoint => Some(Forward::NoEndpoint),
         Choice::Endpoint {
             backend,
             backend_id,
@@ -221,13 +227,14 @@ fn pick(tuple: &Tuple) -> Result<Picked, Forward> {
             {
                 govern::count_refusal(service_id, govern::Refusal::Denied);
                 report_denial(tuple, service_id);
-                return Err(Forward::Denied);
+                return Some(Forward::Denied);
             }
-            Ok(Picked {
+            *picked = Picked {
                 backend,
                 backend_id,
                 service_id,
-            })
+            };
+            None
         }
     }
 }
