@@ -699,3 +699,96 @@ fn the_flow_table_is_sized_by_tc_max_flows_and_resized_only_when_created_anew() 
     let (endpoint, _) = open(&topology, addr(WEB));
     assert!(["a", "b"].contains(&endpoint.as_str()), "{endpoint}");
 }
+
+/// A TCP connect from the client namespace: the name its endpoint sends, or how the
+/// connect failed (a dropped SYN is retransmitted until the timeout).
+fn connect_from_client(
+    topology: &Topology,
+    service: SocketAddr,
+    timeout: Duration,
+) -> Result<String, std::io::ErrorKind> {
+    topology.client.run(move || {
+        let stream = TcpStream::connect_timeout(&service, timeout).map_err(|e| e.kind())?;
+        stream.set_read_timeout(Some(timeout)).unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream)
+            .read_line(&mut line)
+            .map_err(|e| e.kind())?;
+        Ok(line.trim().to_string())
+    })
+}
+
+#[test]
+fn cidr_allow_rules_let_in_named_sources_and_drop_the_first_packet_of_anyone_else() {
+    let rules = |v4: &str, v6: &str| {
+        format!(
+            "services:
+  - name: open
+    address: 10.96.0.10
+    port: 80
+    health: {{ kind: none }}
+    allow: [{{ cidr: 10.0.1.0/24 }}, {{ cidr: 'fd01::/64' }}]
+    endpoints: [{{ address: 10.0.2.2, port: 8080 }}]
+  - name: closed
+    address: 10.96.0.11
+    port: 80
+    health: {{ kind: none }}
+    allow: [{{ cidr: {v4} }}]
+    endpoints: [{{ address: 10.0.2.2, port: 8080 }}]
+  - name: closed6
+    address: fd96::11
+    port: 80
+    health: {{ kind: none }}
+    allow: [{{ cidr: '{v6}' }}]
+    endpoints: [{{ address: 'fd02::2', port: 8080 }}]
+"
+        )
+    };
+    let Some((mut env, topology)) = node("tc-allow", &rules("192.0.2.0/24", "2001:db8::/32"))
+    else {
+        return;
+    };
+    let open = addr("10.96.0.10:80");
+    let closed = [addr("10.96.0.11:80"), addr("[fd96::11]:80")];
+    let refusal = Duration::from_millis(1500);
+    assert_eq!(
+        connect_from_client(&topology, open, refusal),
+        Ok("a".into())
+    );
+    for service in closed {
+        assert_eq!(
+            connect_from_client(&topology, service, refusal),
+            Err(std::io::ErrorKind::TimedOut),
+            "{service}: a source no rule names is dropped"
+        );
+    }
+    let denials = |s: &weft_tests::metrics::Scrape, service: &str| {
+        s.value("weft_service_denials_total", &[("service", service)])
+    };
+    let refused = weft_tests::metrics::scrape_until(
+        &env.netns,
+        Duration::from_secs(5),
+        "the drops counted",
+        |s| denials(s, "closed") >= 1.0 && denials(s, "closed6") >= 1.0,
+    );
+    assert_eq!(denials(&refused, "open"), 0.0);
+    // Every SYN the client sent (its retransmissions too) was a new flow refused; none of
+    // them made a flow entry.
+    assert!(
+        conns(&env).iter().all(|c| c["service"] == "open"),
+        "{:#?}",
+        conns(&env)
+    );
+    // Naming the client lets it in from the next connect.
+    let mark = env.agent().log_mark();
+    env.agent().write_config(&rules("10.0.1.0/24", "fd01::/64"));
+    env.agent_mut()
+        .wait_for_log(mark, "config applied", Duration::from_secs(5));
+    for service in closed {
+        assert_eq!(
+            connect_from_client(&topology, service, Duration::from_secs(2)),
+            Ok("a".into()),
+            "{service}"
+        );
+    }
+}
