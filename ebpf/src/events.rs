@@ -1,6 +1,7 @@
 //! The connection-event ring (`WEFT_EVENTS_V2`) and the switch that turns events off:
-//! shared by sock_ops (TCP) and the UDP accounting.
+//! shared by sock_ops (TCP), the UDP accounting and the refusals of both paths.
 
+use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
 use weft_common::{ConnRecord, event, settings};
 
 use crate::maps::{EVENTS, LOST, SETTINGS};
@@ -45,4 +46,22 @@ pub fn emit(record: &ConnRecord, kind: u8) {
         // SAFETY: this CPU's slot of a per-CPU array; no other writer runs here concurrently.
         unsafe { *lost += 1 };
     }
+}
+
+/// Tells `weft conns --follow` about a connection weft refused (`kind`: denied, aborted or
+/// overflow), when connection events are on. `record` names the client and the service; it
+/// is stamped with the time of the refusal.
+#[inline(always)]
+pub fn emit_refusal(record: ConnRecord, kind: u8) {
+    if connection_stats_off() {
+        return;
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let record = ConnRecord {
+        start_ns: now,
+        update_ns: now,
+        ..record
+    };
+    emit(&record, kind);
 }

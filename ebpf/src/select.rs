@@ -11,11 +11,15 @@ pub enum Choice {
     /// A service with no usable endpoint: refuse at once.
     NoEndpoint,
     /// Send it here.
-    Endpoint {
-        backend: Backend,
-        backend_id: u32,
-        service_id: u32,
-    },
+    Endpoint(Chosen),
+}
+
+/// The endpoint a new connection or flow goes to.
+#[derive(Clone, Copy, Default)]
+pub struct Chosen {
+    pub backend: Backend,
+    pub backend_id: u32,
+    pub service_id: u32,
 }
 
 /// A slot drawn from a service's current table (all zero when none was).
@@ -67,11 +71,11 @@ pub fn draw(key: &ServiceKey, entropy: u32, drawn: &mut Drawn) -> Choice {
                 table_size,
                 slot,
             };
-            Choice::Endpoint {
+            Choice::Endpoint(Chosen {
                 backend: *backend,
                 backend_id,
                 service_id,
-            }
+            })
         }
         None => Choice::NoEndpoint,
     }

@@ -2,9 +2,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::generated::{
-        bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_set_retval,
-    },
+    helpers::generated::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
 use weft_common::{
@@ -17,7 +15,7 @@ use crate::{
     events,
     govern::{self, Refusal},
     maps::{REVNAT, SOCK_GOV},
-    select::{self, Choice, Drawn},
+    select::{self, Choice, Chosen, Drawn},
     sock_nat,
 };
 
@@ -68,11 +66,11 @@ pub fn forward(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
     match select::draw(&key, entropy, &mut drawn) {
         Choice::NotService => ALLOW,
         Choice::NoEndpoint => refuse(ECONNREFUSED),
-        Choice::Endpoint {
+        Choice::Endpoint(Chosen {
             mut backend,
             mut backend_id,
             service_id,
-        } => {
+        }) => {
             if let Some(policy) = govern::policy(service_id) {
                 let request = Request {
                     cookie,
@@ -221,25 +219,18 @@ fn governed(
     }
 }
 
-/// Tells `weft conns --follow` about a refused connect (when connection events are on).
+/// Tells `weft conns --follow` about a refused connect.
 #[inline(always)]
 fn report_refusal(request: &Request, kind: u8) {
-    if events::connection_stats_off() {
-        return;
-    }
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
     let record = ConnRecord {
         cookie: request.cookie,
-        start_ns: now,
-        update_ns: now,
         dst_addr: request.key.addr,
         dst_port: request.key.port,
         family: request.key.family,
         service_id: request.service_id,
         ..ConnRecord::default()
     };
-    events::emit(&record, kind);
+    events::emit_refusal(record, kind);
 }
 
 /// A translated destination, in the socket's own address family.

@@ -20,10 +20,16 @@ use crate::{
 };
 
 /// Test files (tests/tests/*.rs) of the socket path: weights, getpeername, UDP, IPv6 and
-/// pass-through (socket_lb); restart adoption and `weft reset` leaving nothing (lifecycle).
-/// And the TC path: its programs packet by packet (tc_packets), and forwarded traffic
+/// pass-through (socket_lb); restart adoption and `weft reset` leaving nothing (lifecycle);
+/// limits, fault injection and `allow` in the kernel (governance). And the TC path: its programs packet by packet (tc_packets), and forwarded traffic
 /// through clsact filters where the kernel has no TCX (tc_forward).
-const TEST_FILES: &[&str] = &["socket_lb", "lifecycle", "tc_packets", "tc_forward"];
+const TEST_FILES: &[&str] = &[
+    "socket_lb",
+    "lifecycle",
+    "governance",
+    "tc_packets",
+    "tc_forward",
+];
 
 /// Tests of those files not run in the guest (file, test, why). Only latency bounds set for
 /// native speed belong here, never a test that fails because of the kernel.

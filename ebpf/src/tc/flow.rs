@@ -4,10 +4,10 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::helpers::generated::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns};
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use weft_common::{
-    Addr, Backend, ConnRecord, FlowKey, FlowValue, PROTO_TCP, ServiceKey, conn_flags, event,
-    flow_dir, flow_flags, tc_counter,
+    Addr, ConnRecord, FlowKey, FlowValue, PROTO_TCP, ServiceKey, conn_flags, event, flow_dir,
+    flow_flags, tc_counter,
 };
 
 use super::{
@@ -17,7 +17,7 @@ use super::{
 use crate::{
     events, govern,
     maps::BACKENDS,
-    select::{Choice, choose},
+    select::{Choice, Chosen, choose},
 };
 
 /// The last-seen time is rewritten at most this often (a store per packet would bounce
@@ -180,7 +180,7 @@ pub fn forward(tuple: &Tuple, tcp: u8, bytes: u64) -> Forward {
     // Zeroed before the pick and filled by it, rather than returned in a `Result`: with the
     // BPF ISA's 32-bit registers LLVM spilled the `Result`'s undefined payload on its error
     // paths from a register a helper call had clobbered, which the verifier refuses.
-    let mut picked = Picked::default();
+    let mut picked = Chosen::default();
     if let Some(refused) = pick(tuple, &mut picked) {
         return refused;
     }
@@ -196,18 +196,10 @@ pub fn forward(tuple: &Tuple, tcp: u8, bytes: u64) -> Forward {
     create(tuple, flags, bytes, &picked)
 }
 
-/// The endpoint a new flow goes to.
-#[derive(Default)]
-struct Picked {
-    backend: Backend,
-    backend_id: u32,
-    service_id: u32,
-}
-
 /// Picks the endpoint of a new flow into `picked`; what to do instead when there is none
 /// or the service's `allow` rules refuse the source.
 #[inline(always)]
-fn pick(tuple: &Tuple, picked: &mut Picked) -> Option<Forward> {
+fn pick(tuple: &Tuple, picked: &mut Chosen) -> Option<Forward> {
     let service = ServiceKey {
         addr: tuple.dst,
         port: tuple.dport,
@@ -217,23 +209,15 @@ fn pick(tuple: &Tuple, picked: &mut Picked) -> Option<Forward> {
     match choose(&service, tuple.hash()) {
         Choice::NotService => Some(Forward::NotService),
         Choice::NoEndpoint => Some(Forward::NoEndpoint),
-        Choice::Endpoint {
-            backend,
-            backend_id,
-            service_id,
-        } => {
-            if let Some(policy) = govern::policy(service_id)
+        Choice::Endpoint(chosen) => {
+            if let Some(policy) = govern::policy(chosen.service_id)
                 && !govern::source_allowed(policy, &tuple.src, tuple.family)
             {
-                govern::count_refusal(service_id, govern::Refusal::Denied);
-                report_denial(tuple, service_id);
+                govern::count_refusal(chosen.service_id, govern::Refusal::Denied);
+                report_denial(tuple, chosen.service_id);
                 return Some(Forward::Denied);
             }
-            *picked = Picked {
-                backend,
-                backend_id,
-                service_id,
-            };
+            *picked = chosen;
             None
         }
     }
@@ -242,14 +226,7 @@ fn pick(tuple: &Tuple, picked: &mut Picked) -> Option<Forward> {
 /// Tells `weft conns --follow` about a forwarded flow the `allow` rules refused.
 #[inline(always)]
 fn report_denial(tuple: &Tuple, service_id: u32) {
-    if events::connection_stats_off() {
-        return;
-    }
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
     let record = ConnRecord {
-        start_ns: now,
-        update_ns: now,
         src_addr: tuple.src,
         dst_addr: tuple.dst,
         src_port: tuple.sport,
@@ -259,12 +236,12 @@ fn report_denial(tuple: &Tuple, service_id: u32) {
         flags: conn_flags::TC,
         ..ConnRecord::default()
     };
-    events::emit(&record, event::DENIED);
+    events::emit_refusal(record, event::DENIED);
 }
 
 /// The entries of a new flow, both directions, as it starts.
 #[inline(always)]
-fn entries(tuple: &Tuple, flags: u8, bytes: u64, picked: &Picked) -> (FlowValue, FlowValue) {
+fn entries(tuple: &Tuple, flags: u8, bytes: u64, picked: &Chosen) -> (FlowValue, FlowValue) {
     let now = now();
     let forward = FlowValue {
         nat_addr: picked.backend.addr,
@@ -293,7 +270,7 @@ fn entries(tuple: &Tuple, flags: u8, bytes: u64, picked: &Picked) -> (FlowValue,
 /// The key of the endpoint's replies: from the endpoint to the client, shown as from the
 /// service.
 #[inline(always)]
-fn reply_key(tuple: &Tuple, picked: &Picked) -> FlowKey {
+fn reply_key(tuple: &Tuple, picked: &Chosen) -> FlowKey {
     Tuple {
         src: picked.backend.addr,
         dst: tuple.src,
@@ -308,7 +285,7 @@ fn reply_key(tuple: &Tuple, picked: &Picked) -> FlowKey {
 /// Starts a new flow in a closed flow's entries (same key, same endpoint). False when the
 /// reply entry is gone (evicted or expired): the caller inserts both instead.
 #[inline(always)]
-fn reuse(tuple: &Tuple, entry: *mut FlowValue, picked: &Picked, flags: u8, bytes: u64) -> bool {
+fn reuse(tuple: &Tuple, entry: *mut FlowValue, picked: &Chosen, flags: u8, bytes: u64) -> bool {
     let Some(reply) = FLOWS.get_ptr_mut(&reply_key(tuple, picked)) else {
         return false;
     };
@@ -334,7 +311,7 @@ fn endpoint_still(backend_id: u32, addr: &Addr, port: u16) -> bool {
 }
 
 #[inline(always)]
-fn create(tuple: &Tuple, flags: u8, bytes: u64, picked: &Picked) -> Forward {
+fn create(tuple: &Tuple, flags: u8, bytes: u64, picked: &Chosen) -> Forward {
     let (forward, reverse) = entries(tuple, flags, bytes, picked);
     // Reverse first: a reply never arrives before its request, but the forward entry is the
     // one that makes the flow exist.
