@@ -2,16 +2,16 @@
 //! the admin API and the CLI, against real backends and the real kernel programs.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::SocketAddr,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
 use weft_tests::{
     Env,
-    agent::weft_bin,
+    agent::{Follow, weft_bin},
     client,
     metrics::{self, Scrape},
 };
@@ -527,37 +527,11 @@ fn every_json_output_parses_and_follow_prints_one_event_per_line() {
     assert!(agent.cli_json(&["conns", "--service", "web"]).is_array());
 
     // --follow: one JSON object per line per event.
-    let mut follow = Command::new(weft_bin())
-        .args(["conns", "--follow", "-o", "json", "--admin-socket"])
-        .arg(agent.admin_socket())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("weft conns --follow");
-    let lines = std::sync::mpsc::channel();
-    let stdout = follow.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines.0.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    // The follower subscribes when its request arrives; give it that moment.
-    std::thread::sleep(Duration::from_millis(300));
+    let follow = Follow::start(agent);
     let service: SocketAddr = SERVICE.parse().unwrap();
     env.client(move || client::tally_tcp(service, 5));
-    let mut events = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while events.len() < 10 && Instant::now() < deadline {
-        if let Ok(line) = lines.1.recv_timeout(Duration::from_millis(100)) {
-            let event: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("--follow line is not JSON ({e}): {line}"));
-            events.push(event);
-        }
-    }
-    let _ = follow.kill();
-    let _ = follow.wait();
-    let _ = reader.join();
+    let events = follow.events(10, Duration::from_secs(10));
+    drop(follow);
     let count = |kind: &str| events.iter().filter(|e| e["event"] == kind).count();
     assert_eq!(
         (count("opened"), count("closed")),
