@@ -323,9 +323,19 @@ pub struct GovernCount {
 pub struct SockGov {
     pub service_id: u32,
     pub backend_id: u32,
-    /// 1 while the socket holds a count.
+    /// The counts the socket holds: `sock_gov` bits, 0 once given back.
     pub counted: u32,
     pub _pad: u32,
+}
+
+/// `SockGov::counted` bits.
+pub mod sock_gov {
+    /// A count of the endpoint's open connections.
+    pub const ENDPOINT: u32 = 1;
+    /// A count of the whole service's (taken only when it has `max_connections`: without a
+    /// cap the agent sums its endpoints' counts, sparing every connect and close an atomic
+    /// add on a cache line all CPUs share).
+    pub const SERVICE: u32 = 2;
 }
 
 /// Flag for hash maps whose elements are allocated on insert: memory follows use, and a

@@ -9,7 +9,7 @@ use aya_ebpf::helpers::generated::{
 };
 use weft_common::{
     Addr, Backend, CgroupMatch, GovernCount, GovernKey, MAGLEV_CHUNK, MAX_ALLOW_RULES, Policy,
-    WHOLE_SERVICE, allow_kind,
+    WHOLE_SERVICE, allow_kind, sock_gov,
 };
 
 use crate::{
@@ -160,7 +160,8 @@ pub fn take_room(
     drawn: &Drawn,
     first: u32,
 ) -> Option<(u32, Backend)> {
-    if !take(service_id, WHOLE_SERVICE, policy.max_connections) {
+    let service_capped = policy.max_connections != 0;
+    if service_capped && !take(service_id, WHOLE_SERVICE, policy.max_connections) {
         count_refusal(service_id, Refusal::Overflow);
         return None;
     }
@@ -183,9 +184,21 @@ pub fn take_room(
         }
         give_back(service_id, chosen);
     }
-    give_back(service_id, WHOLE_SERVICE);
+    if service_capped {
+        give_back(service_id, WHOLE_SERVICE);
+    }
     count_refusal(service_id, Refusal::Overflow);
     None
+}
+
+/// The `SockGov::counted` bits of a connection `take_room` found room for under `policy`.
+#[inline(always)]
+pub fn counts_held(policy: &Policy) -> u32 {
+    if policy.max_connections != 0 {
+        sock_gov::ENDPOINT | sock_gov::SERVICE
+    } else {
+        sock_gov::ENDPOINT
+    }
 }
 
 /// The first endpoint other than `full` in the drawn slot's chunk, from the drawn slot on,
@@ -228,11 +241,16 @@ fn has_room(service_id: u32, backend_id: u32, limit: u32) -> bool {
     }
 }
 
-/// Gives back the counts a connection held (its socket is gone).
+/// Gives back the counts a connection held (its socket is gone): `counted` in
+/// `sock_gov` bits.
 #[inline(always)]
-pub fn release(service_id: u32, backend_id: u32) {
-    give_back(service_id, backend_id);
-    give_back(service_id, WHOLE_SERVICE);
+pub fn release(service_id: u32, backend_id: u32, counted: u32) {
+    if counted & sock_gov::ENDPOINT != 0 {
+        give_back(service_id, backend_id);
+    }
+    if counted & sock_gov::SERVICE != 0 {
+        give_back(service_id, WHOLE_SERVICE);
+    }
 }
 
 /// Takes one of `limit` (0 = no limit) open connections of a count; false if it was full.
@@ -314,8 +332,9 @@ pub fn released(ctx: &aya_ebpf::programs::SockContext) {
     }
     // SAFETY: the socket's own storage, valid for this run; release runs once per socket.
     let held = unsafe { &mut *held };
-    if held.counted != 0 {
+    let counted = held.counted;
+    if counted != 0 {
         held.counted = 0;
-        release(held.service_id, held.backend_id);
+        release(held.service_id, held.backend_id, counted);
     }
 }

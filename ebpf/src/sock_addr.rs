@@ -203,7 +203,7 @@ fn governed(
             *held = SockGov {
                 service_id: request.service_id,
                 backend_id: id,
-                counted: 1,
+                counted: govern::counts_held(policy),
                 _pad: 0,
             };
             if id == backend_id {

@@ -99,7 +99,27 @@ impl KernelSample {
                 },
             );
         }
+        sample.sum_uncapped_services(view);
         sample
+    }
+
+    /// A service without `max_connections` has no open count of its own (the kernel spares
+    /// every connect and close that atomic add): its open connections are its endpoints'.
+    fn sum_uncapped_services(&mut self, view: &Snapshot) {
+        let mut endpoints_open: HashMap<ServiceId, u64> = HashMap::new();
+        for ((id, endpoint), counts) in &self.governance {
+            if endpoint.is_some() {
+                *endpoints_open.entry(*id).or_default() += counts.open;
+            }
+        }
+        for (id, open) in endpoints_open {
+            let capped = view
+                .service(id)
+                .is_some_and(|s| s.spec.governance.limits.max_connections.is_some());
+            if !capped {
+                self.governance.entry((id, None)).or_default().open = open;
+            }
+        }
     }
 
     /// A service's governance counts (zero if it has none, or nothing happened yet).
