@@ -520,12 +520,27 @@ impl Lab {
         let governed = self.services.weft_measured([10, 96], &[], &governance);
         let plain = self.services.weft_measured([10, 96], &[], NO_PROBES);
         let mut samples: [Vec<Sample>; 3] = Default::default();
-        for _ in 0..rounds {
-            samples[0].push(self.drive(Contender::Direct, workers, duration));
-            samples[1].push(self.drive(Contender::Weft, workers, duration));
-            self.apply_measured(&governed);
-            samples[2].push(self.drive(Contender::Weft, workers, duration));
-            self.apply_measured(&plain);
+        for round in 0..rounds {
+            // Every other round in reverse (governed, plain, direct), so neither weft setup
+            // always runs last, furthest from its direct baseline and just after a reload.
+            let mut order = [0, 1, 2];
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for setup in order {
+                if setup == 2 {
+                    self.apply_measured(&governed);
+                }
+                let contender = if setup == 0 {
+                    Contender::Direct
+                } else {
+                    Contender::Weft
+                };
+                samples[setup].push(self.drive(contender, workers, duration));
+                if setup == 2 {
+                    self.apply_measured(&plain);
+                }
+            }
         }
         samples
     }
