@@ -453,3 +453,57 @@ fn an_unknown_cgroup_is_rejected_by_its_field_path_and_the_running_config_keeps_
     let tally = env.client(|| client::tally_tcp(service(), 20));
     assert_eq!(tally.get("b2"), Some(&20));
 }
+
+/// The entries of the kernel's governance counts (`WEFT_GOVCNT_V1`): (endpoint or whole
+/// service, open connections).
+fn kernel_counts(env: &Env) -> Vec<(u32, i64)> {
+    let pin = env.agent().bpffs_dir.join("maps/WEFT_GOVCNT_V1");
+    let map = aya::maps::MapData::from_pin(&pin)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", pin.display()));
+    let counts: aya::maps::HashMap<_, weft_common::GovernKey, weft_common::GovernCount> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map)).expect("a hash map");
+    counts
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(key, count)| (key.backend_id, count.open))
+        .collect()
+}
+
+#[test]
+fn counts_of_limits_removed_stay_while_held_and_go_at_the_next_apply_after_the_close() {
+    let Some(mut env) = env(
+        "gov-limit-removed",
+        &[2],
+        "    limits: { max_connections_per_endpoint: 5, max_connections: 5 }\n",
+    ) else {
+        return;
+    };
+    let held = hold(&env, 2);
+    // The endpoint's count and the capped service's.
+    let mut counts = kernel_counts(&env);
+    counts.sort();
+    assert_eq!(counts.iter().map(|c| c.1).collect::<Vec<_>>(), [2, 2]);
+    let applied = |env: &mut Env, endpoints: &[u8]| {
+        let mark = env.agent().log_mark();
+        env.agent().write_config(&config(endpoints, ""));
+        env.agent_mut()
+            .wait_for_log(mark, "config applied", Duration::from_secs(5));
+    };
+    // Limits removed while two connections hold counts: the counts stay for their releases.
+    applied(&mut env, &[2]);
+    let mut counts = kernel_counts(&env);
+    counts.sort();
+    assert_eq!(counts.iter().map(|c| c.1).collect::<Vec<_>>(), [2, 2]);
+    // An ungoverned connect takes no count.
+    drop(hold(&env, 1));
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while kernel_counts(&env).iter().any(|c| c.1 != 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(kernel_counts(&env).iter().all(|c| c.1 == 0), "released");
+    // The next apply (any change) drops them.
+    env.backends.tcp(&env.netns, "127.0.0.3:8080", "b3");
+    applied(&mut env, &[2, 3]);
+    assert_eq!(kernel_counts(&env), []);
+}

@@ -279,6 +279,7 @@ impl Datapath {
         for r in removed {
             self.policies.follow(r.id, None);
         }
+        self.policies.sweep();
         report
     }
 
@@ -310,6 +311,7 @@ impl Datapath {
         for id in stale {
             self.policies.follow(id, None);
         }
+        self.policies.sweep();
         report
     }
 }

@@ -3,7 +3,7 @@
 //! new service is governed from its first connection) and leaves with the service; the
 //! counts of a service that is no longer governed are dropped once no connection holds one.
 
-use std::collections::HashMap as StdHashMap;
+use std::collections::{HashMap as StdHashMap, HashSet};
 
 use aya::maps::{HashMap, MapData};
 use tracing::warn;
@@ -17,6 +17,10 @@ pub struct Policies {
     counts: HashMap<MapData, GovernKey, GovernCount>,
     /// What the map holds, by service.
     written: StdHashMap<ServiceId, Policy>,
+    /// Services no longer governed that may still have counts in the kernel. Only these are
+    /// looked for: walking the counts map costs a scan of its buckets per step, too much to
+    /// do for every ungoverned service of an apply (10,000 services: seconds).
+    lingering: HashSet<ServiceId>,
 }
 
 impl Policies {
@@ -27,15 +31,23 @@ impl Policies {
         let map: HashMap<MapData, u32, Policy> =
             HashMap::try_from(take(names::POLICY)?).map_err(map_error(names::POLICY))?;
         let counts = HashMap::try_from(take(names::GOVERN)?).map_err(map_error(names::GOVERN))?;
-        let written = map
+        let written: StdHashMap<ServiceId, Policy> = map
             .iter()
             .filter_map(Result::ok)
             .map(|(id, policy)| (ServiceId(id), policy))
+            .collect();
+        // Counts of services an earlier agent stopped governing while connections held them.
+        let lingering = counts
+            .keys()
+            .filter_map(Result::ok)
+            .map(|key: GovernKey| ServiceId(key.service_id))
+            .filter(|id| !written.contains_key(id))
             .collect();
         Ok(Policies {
             map,
             counts,
             written,
+            lingering,
         })
     }
 
@@ -46,6 +58,8 @@ impl Policies {
             Some(policy) => match self.map.insert(&id.0, policy, 0) {
                 Ok(()) => {
                     self.written.insert(id, *policy);
+                    // Governed again: its counts are live again.
+                    self.lingering.remove(&id);
                 }
                 // Map full (as many governed services as services): the service then runs
                 // ungoverned, said loudly.
@@ -57,28 +71,40 @@ impl Policies {
             None => {
                 if self.written.remove(&id).is_some() {
                     let _ = self.map.remove(&id.0);
+                    self.lingering.insert(id);
                 }
-                self.drop_idle_counts(id);
             }
         }
+    }
+
+    /// Drops the counts of services no longer governed that no open connection holds; a
+    /// service whose connections still hold some is looked at again at the next sweep.
+    /// One walk of the counts, and none while no such service is left.
+    pub fn sweep(&mut self) {
+        if self.lingering.is_empty() {
+            return;
+        }
+        let mut idle = Vec::new();
+        let mut held = HashSet::new();
+        for (key, count) in self.counts.iter().filter_map(Result::ok) {
+            let id = ServiceId(key.service_id);
+            if !self.lingering.contains(&id) {
+                continue;
+            }
+            if count.open <= 0 {
+                idle.push(key);
+            } else {
+                held.insert(id);
+            }
+        }
+        for key in idle {
+            let _ = self.counts.remove(&key);
+        }
+        self.lingering = held;
     }
 
     /// Services with a policy written, for the ones an earlier agent left.
     pub fn services(&self) -> impl Iterator<Item = ServiceId> + '_ {
         self.written.keys().copied()
-    }
-
-    /// Removes a service's counts that no open connection holds.
-    fn drop_idle_counts(&mut self, id: ServiceId) {
-        let idle: Vec<GovernKey> = self
-            .counts
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(key, count)| key.service_id == id.0 && count.open <= 0)
-            .map(|(key, _)| key)
-            .collect();
-        for key in idle {
-            let _ = self.counts.remove(&key);
-        }
     }
 }
