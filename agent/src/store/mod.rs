@@ -700,6 +700,13 @@ fn service_name(service: &ServiceState) -> Arc<str> {
     Arc::clone(&service.spec.name)
 }
 
+/// New ids cycle through 1..=`ID_CYCLE` (or up to twice the services, when there are more
+/// than half that many) before one is reused: a soak with services coming and going found
+/// the id-indexed tables growing by a slot per service ever created, and every publish
+/// copying them. 65,536 creations before a reuse is still far longer than any event about
+/// a removed service stays unread.
+const ID_CYCLE: u32 = 65_536;
+
 /// Service ids: adopted from the kernel for frontends it already serves, otherwise new,
 /// never 0, and not reused soon (an event about a removed service must not be counted for
 /// a new one).
@@ -709,6 +716,8 @@ struct Ids {
     /// The adopted ids not yet claimed: new services do not take them.
     reserved: HashSet<u32>,
     cursor: u32,
+    /// Where the cursor goes back to 1: `ID_CYCLE`, or twice the services when more.
+    cycle_end: u32,
 }
 
 impl Ids {
@@ -718,7 +727,7 @@ impl Ids {
         self.cursor = self.reserved.iter().copied().max().unwrap_or(0);
     }
 
-    fn allocate(&mut self, frontend: &Frontend, taken: &[Option<Arc<ServiceState>>]) -> ServiceId {
+    fn allocate<T>(&mut self, frontend: &Frontend, taken: &[Option<T>]) -> ServiceId {
         let free = |id: u32| id != 0 && taken.get(id as usize).is_none_or(Option::is_none);
         if let Some(id) = self.adopted.remove(frontend)
             && free(id)
@@ -728,9 +737,56 @@ impl Ids {
         }
         loop {
             self.cursor = self.cursor.wrapping_add(1);
+            // Counting the services only where a cycle would end keeps allocation O(1).
+            if self.cursor > self.cycle_end.max(ID_CYCLE) {
+                let live = taken.iter().filter(|s| s.is_some()).count() as u32;
+                self.cycle_end = live.saturating_mul(2).max(ID_CYCLE);
+                if self.cursor > self.cycle_end {
+                    self.cursor = 1;
+                }
+            }
             if free(self.cursor) && !self.reserved.contains(&self.cursor) {
                 return ServiceId(self.cursor);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+
+    fn frontend() -> Frontend {
+        Frontend {
+            address: "10.96.0.1".parse().unwrap(),
+            port: 80,
+            protocol: crate::config::Protocol::Tcp,
+        }
+    }
+
+    #[test]
+    fn ids_of_services_that_come_and_go_cycle_instead_of_growing() {
+        let mut ids = Ids::default();
+        // Ten services live at ids 1..=10; 200,000 more created and removed in turn.
+        let taken: Vec<Option<()>> = (0..=10).map(|i| (i > 0).then_some(())).collect();
+        ids.cursor = 10;
+        let mut highest = 0;
+        for _ in 0..200_000 {
+            let id = ids.allocate(&frontend(), &taken).0;
+            assert!(id > 10, "a live id handed out again: {id}");
+            highest = highest.max(id);
+        }
+        assert_eq!(highest, ID_CYCLE);
+    }
+
+    #[test]
+    fn more_services_than_half_the_cycle_widen_it() {
+        let mut ids = Ids::default();
+        let taken: Vec<Option<()>> = (0..=40_000).map(|i| (i > 0).then_some(())).collect();
+        ids.cursor = 40_000;
+        for _ in 0..90_000 {
+            let id = ids.allocate(&frontend(), &taken).0;
+            assert!(id > 40_000 && id as usize <= 80_001, "{id}");
         }
     }
 }
