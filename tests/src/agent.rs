@@ -337,6 +337,13 @@ impl Follow {
     }
 }
 
+impl Follow {
+    /// How many events arrived since the last look, without waiting.
+    pub fn drain(&self) -> usize {
+        self.lines.try_iter().count()
+    }
+}
+
 impl Drop for Follow {
     fn drop(&mut self) {
         let _ = self.child.kill();

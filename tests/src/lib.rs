@@ -12,6 +12,7 @@ pub mod configs;
 pub mod kubernetes;
 pub mod metrics;
 pub mod netns;
+pub mod soak;
 pub mod tc;
 
 use std::{

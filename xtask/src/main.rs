@@ -1,4 +1,5 @@
-//! Developer and operator tasks: setup, build, run (build-and-load), test, bench, image.
+//! Developer and operator tasks: setup, build, run (build-and-load), test, bench, soak,
+//! image.
 mod bench;
 mod build;
 mod cpio;
@@ -10,6 +11,7 @@ mod manifests;
 mod qemu;
 mod run;
 mod setup;
+mod soak;
 mod test;
 mod util;
 mod vm_test;
@@ -36,6 +38,9 @@ enum Command {
     Test(test::Options),
     /// Measure weft against direct, iptables, nftables and HAProxy; write docs/benchmarks.md.
     Bench(bench::Options),
+    /// Run the agent under churn, config changes and flapping endpoints for a while; fail if
+    /// its memory, descriptors or map entries keep growing or events are lost.
+    Soak(soak::Options),
     /// Build the static agent and an OCI image FROM scratch holding it: target/weft-image.oci.tar.
     Image,
 }
@@ -47,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(opts) => run::run(&opts),
         Command::Test(opts) => test::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Soak(opts) => soak::run(&opts),
         Command::Image => image::run(),
     }
 }
