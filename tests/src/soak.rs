@@ -255,7 +255,8 @@ const BOUNDS: [Bound; 3] = [
         what: "open file descriptors",
         value: |s| s.fds,
         factor: 1.0,
-        slack: 4,
+        // Health probes (four endpoints every 200 ms) and API clients hold a few for moments.
+        slack: 16,
     },
     Bound {
         what: "map entries",
