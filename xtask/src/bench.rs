@@ -4,11 +4,9 @@
 //! `docs/benchmarks.md` and `docs/benchmarks.svg` (`--quick`: under target/, numbers only
 //! checked to exist).
 
-use std::process::Command;
-
 use anyhow::Result;
 
-use crate::{build, setup, util};
+use crate::{build, setup, test::cargo_command, util};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -38,9 +36,9 @@ pub fn run_built(built: &build::Built, opts: &Options) -> Result<()> {
     } else {
         root.join("docs/benchmarks.md")
     };
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(&root)
-        .args([
+    let mut cmd = cargo_command(
+        built,
+        &[
             "run",
             "--release",
             "-p",
@@ -48,12 +46,10 @@ pub fn run_built(built: &build::Built, opts: &Options) -> Result<()> {
             "--bin",
             "weft-bench",
             "--",
-        ])
-        .args(opts.quick.then_some("--quick"))
+        ],
+    );
+    cmd.args(opts.quick.then_some("--quick"))
         .arg("--out")
-        .arg(&out)
-        .env("PATH", &built.path_env)
-        .env("WEFT_BIN", &built.agent)
-        .env("WEFT_EBPF_OBJECT", &built.object);
+        .arg(&out);
     util::run(&mut cmd)
 }

@@ -3,11 +3,9 @@
 //! which fails if the agent's memory, descriptors or map entries keep growing or
 //! connection events are lost.
 
-use std::process::Command;
-
 use anyhow::{Result, bail};
 
-use crate::{build, util};
+use crate::{build, test::cargo_command, util};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -26,9 +24,9 @@ pub fn run(opts: &Options) -> Result<()> {
 
 /// Soaks an agent `cargo xtask test` already built.
 pub fn run_built(built: &build::Built, minutes: f64) -> Result<()> {
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(util::workspace_root())
-        .args([
+    let mut cmd = cargo_command(
+        built,
+        &[
             "run",
             "--release",
             "-p",
@@ -37,10 +35,8 @@ pub fn run_built(built: &build::Built, minutes: f64) -> Result<()> {
             "weft-soak",
             "--",
             "--minutes",
-        ])
-        .arg(minutes.to_string())
-        .env("PATH", &built.path_env)
-        .env("WEFT_BIN", &built.agent)
-        .env("WEFT_EBPF_OBJECT", &built.object);
+        ],
+    );
+    cmd.arg(minutes.to_string());
     util::run(&mut cmd)
 }
