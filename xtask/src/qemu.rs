@@ -21,6 +21,9 @@ pub struct Boot<'a> {
     pub initramfs: &'a Path,
     /// Writable in the guest under the 9p tag `share`.
     pub share: &'a Path,
+    /// Read-only in the guest under the 9p tags `host0`, `host1`, …: directories the guest
+    /// mounts again at their own paths when its own /tmp or /run hides them.
+    pub host_dirs: &'a [PathBuf],
     pub memory_mib: u32,
     pub time_limit: Duration,
 }
@@ -143,6 +146,12 @@ pub fn run(qemu: &Qemu, boot: &Boot) -> Result<Ended> {
         .arg(virtfs(Path::new("/"), "root", true))
         .arg("-virtfs")
         .arg(virtfs(boot.share, "share", false))
+        .args(boot.host_dirs.iter().enumerate().flat_map(|(i, dir)| {
+            [
+                "-virtfs".to_string(),
+                virtfs(dir, &format!("host{i}"), true),
+            ]
+        }))
         // Without this QEMU puts the terminal in raw mode and reads keystrokes for the guest.
         .stdin(Stdio::null());
     let child = cmd

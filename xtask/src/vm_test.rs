@@ -63,6 +63,17 @@ pub fn run(built: &build::Built, name: &str, filter: Option<&str>, started: Inst
         &run_dir.path.join("job.sh"),
         job(built, &binaries, filter).as_bytes(),
     )?;
+    // The workspace and its target directory (test binaries, the agent) at their own paths:
+    // a clone under /tmp is hidden by the guest's own /tmp otherwise.
+    let root = util::workspace_root();
+    let mut host_dirs = vec![root.clone(), build::target_dir(&root)];
+    host_dirs.dedup();
+    let mounts: String = host_dirs
+        .iter()
+        .enumerate()
+        .map(|(i, dir)| format!("host{i} {}\n", dir.display()))
+        .collect();
+    write(&run_dir.path.join("mounts"), mounts.as_bytes())?;
     let initramfs = run_dir.path.join("initramfs.cpio");
     write(&initramfs, &initramfs::build(&kernel, &busybox, &guest)?)?;
 
@@ -80,6 +91,7 @@ pub fn run(built: &build::Built, name: &str, filter: Option<&str>, started: Inst
             vmlinuz: &kernel.vmlinuz,
             initramfs: &initramfs,
             share: &run_dir.path,
+            host_dirs: &host_dirs,
             memory_mib: MEMORY_MIB,
             time_limit: TIME_LIMIT,
         },

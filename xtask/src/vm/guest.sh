@@ -27,6 +27,13 @@ mount -t bpf bpf /sys/fs/bpf || fail "mounting bpffs failed"
 mkdir -p /run/weft-vm
 mount -t 9p -o trans=virtio,version=9p2000.L share /run/weft-vm ||
     fail "mounting the shared directory failed"
+# The workspace and its target directory, if the tmpfs mounts above hid them (a clone
+# under /tmp): mounted again, read-only, at their own paths.
+while read -r tag dir; do
+    [ -d "$dir" ] && continue
+    { mkdir -p "$dir" && mount -t 9p -o trans=virtio,version=9p2000.L,ro "$tag" "$dir"; } ||
+        fail "mounting $dir failed"
+done </run/weft-vm/mounts
 ip link set lo up || fail "bringing up loopback failed"
 
 echo "guest: $(uname -r) up after $(cut -d' ' -f1 /proc/uptime) s"
