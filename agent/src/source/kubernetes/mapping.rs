@@ -198,7 +198,7 @@ impl ServiceFacts {
             // One frontend per address, however many fields name it.
             .filter(|ip| seen.insert(*ip))
             .collect();
-        let ports: Vec<PortFacts> = spec
+        let mut ports: Vec<PortFacts> = spec
             .ports
             .iter()
             .flatten()
@@ -210,10 +210,25 @@ impl ServiceFacts {
                 })
             })
             .collect();
+        let mut problems = Vec::new();
+        // The API server refuses a Service whose ports repeat a number and protocol; if one
+        // reaches weft anyway, the first of them is served (two services on one frontend
+        // would only conflict), as a config file repeating a frontend is refused.
+        let mut numbers = HashSet::new();
+        ports.retain(|port| {
+            let first = numbers.insert((port.number, port.protocol));
+            if !first {
+                problems.push(format!(
+                    "Service {key}: port {}/{} repeats an earlier port; only the first is served",
+                    port.number,
+                    port.protocol.as_str()
+                ));
+            }
+            first
+        });
         if ports.is_empty() {
             return None;
         }
-        let mut problems = Vec::new();
         let checks = match meta.annotations.as_ref() {
             Some(annotations) if CHECKS.iter().any(|(a, _)| annotations.contains_key(*a)) => {
                 if annotations.contains_key("weft.io/health")
@@ -714,6 +729,27 @@ mod tests {
         assert_eq!(
             addresses(named(&mapped, "web/site:80")),
             ["10.1.0.9:8080/1"]
+        );
+    }
+
+    /// Found by the `kubernetes` fuzz target: two ports with one number and protocol made
+    /// two services on one frontend.
+    #[test]
+    fn a_port_repeating_a_number_and_protocol_is_reported_and_only_the_first_served() {
+        let repeated = service(json!({
+            "metadata": { "namespace": "web", "name": "site" },
+            "spec": { "clusterIP": "10.96.0.30", "ports": [
+                { "name": "http", "port": 80, "targetPort": 8080 },
+                { "name": "again", "port": 80, "protocol": "TCP", "targetPort": 9090 },
+                { "name": "dns", "port": 80, "protocol": "UDP", "targetPort": 53 }
+            ] }
+        }));
+        let mapped = map(&repeated, &[], "n1");
+        let names: Vec<&str> = mapped.specs.iter().map(|s| &*s.name).collect();
+        assert_eq!(names, ["web/site:http", "web/site:dns"]);
+        assert_eq!(
+            mapped.problems,
+            ["Service web/site: port 80/tcp repeats an earlier port; only the first is served"]
         );
     }
 
