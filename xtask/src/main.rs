@@ -1,9 +1,10 @@
 //! Developer and operator tasks: setup, build, run (build-and-load), test, bench, soak,
-//! image.
+//! fuzz, image.
 mod bench;
 mod build;
 mod cpio;
 mod debian;
+mod fuzz;
 mod image;
 mod initramfs;
 mod kernel;
@@ -38,6 +39,9 @@ enum Command {
     Test(test::Options),
     /// Measure weft against direct, iptables, nftables and HAProxy; write docs/benchmarks.md.
     Bench(bench::Options),
+    /// Run the libFuzzer targets (config, planner, kernel events, Kubernetes objects) for a
+    /// while each; fail on the first crash.
+    Fuzz(fuzz::Options),
     /// Run the agent under churn, config changes and flapping endpoints for a while; fail if
     /// its memory, descriptors or map entries keep growing or events are lost.
     Soak(soak::Options),
@@ -52,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(opts) => run::run(&opts),
         Command::Test(opts) => test::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Fuzz(opts) => fuzz::run(&opts),
         Command::Soak(opts) => soak::run(&opts),
         Command::Image => image::run(),
     }

@@ -57,12 +57,7 @@ impl EventReader {
         let ring = self.ring.get_mut();
         let mut batch = Vec::new();
         while let Some(item) = ring.next() {
-            if item.len() >= std::mem::size_of::<ConnRecord>() {
-                // SAFETY: the kernel wrote a ConnRecord (repr(C), plain integers) here;
-                // read_unaligned copes with the ring's 8-byte record alignment.
-                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ConnRecord>()) };
-                batch.push(event);
-            }
+            batch.extend(crate::stats::record::decode(&item));
         }
         batch
     }

@@ -7,6 +7,18 @@ use weft_common::{ConnRecord, conn_flags};
 
 use crate::layout::ip_from_kernel;
 
+/// A connection record as the kernel wrote it into the event ring: `None` for an item too
+/// short to be one. Every bit pattern is a valid record (plain integers); what its fields
+/// mean is for the functions below.
+pub fn decode(item: &[u8]) -> Option<ConnRecord> {
+    if item.len() < std::mem::size_of::<ConnRecord>() {
+        return None;
+    }
+    // SAFETY: the length is checked; ConnRecord is repr(C) of plain integers, so any bytes
+    // are a valid value; read_unaligned copes with the ring's 8-byte record alignment.
+    Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ConnRecord>()) })
+}
+
 /// Payload bytes this side sent that the peer acknowledged.
 pub fn bytes_sent(record: &ConnRecord) -> u64 {
     let mut sequence_only = 0;
