@@ -338,6 +338,33 @@ impl Follow {
 }
 
 impl Follow {
+    /// `start`, returning only once the follower has seen an event: `trigger` makes one (a
+    /// connection the test does not count) and is repeated until one arrives. The fixed
+    /// wait of `start` is not enough where the CLI starts slowly (a kernel under
+    /// emulation): the test's first events would go out before it subscribed.
+    pub fn start_confirmed(agent: &Agent, trigger: impl Fn()) -> Follow {
+        let follow = Follow::start(agent);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            trigger();
+            if follow
+                .lines
+                .recv_timeout(Duration::from_millis(500))
+                .is_ok()
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`weft conns --follow` saw no event within 30 s"
+            );
+        }
+        // The rest of the trigger's events (its close), so the test starts from nothing.
+        std::thread::sleep(Duration::from_millis(500));
+        follow.drain();
+        follow
+    }
+
     /// How many events arrived since the last look, without waiting.
     pub fn drain(&self) -> usize {
         self.lines.try_iter().count()

@@ -337,8 +337,13 @@ fn fault_injection_refuses_its_share_only_in_the_named_cgroup() {
             experiment.config_path()
         ),
     ));
-    let follow = Follow::start(env.agent());
     let service = service();
+    // A connect from outside the experiment is never aborted: its events only confirm the
+    // follower listens.
+    let follow = Follow::start_confirmed(env.agent(), || {
+        let _member = others.join();
+        env.netns.run(move || drop(client::connect_once(service)));
+    });
     let attempts = |cgroup: &weft_tests::Cgroup| {
         let _member = cgroup.join();
         env.netns.run(move || {
@@ -392,8 +397,12 @@ fn allow_rules_let_in_the_named_cgroup_and_uid_and_refuse_everyone_else() {
             frontend.config_path()
         ),
     ));
-    let follow = Follow::start(env.agent());
     let service = service();
+    // An allowed connect: its events only confirm the follower listens.
+    let follow = Follow::start_confirmed(env.agent(), || {
+        let _member = frontend.join();
+        env.netns.run(move || drop(client::connect_once(service)));
+    });
     let connect_from = |cgroup: &weft_tests::Cgroup, uid: Option<u32>| {
         let _member = cgroup.join();
         env.netns.run(move || {
