@@ -6,7 +6,7 @@
 
 use anyhow::Result;
 
-use crate::{build, setup, test::cargo_command, util};
+use crate::{build, setup, test::tests_binary, util};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -36,18 +36,7 @@ pub fn run_built(built: &build::Built, opts: &Options) -> Result<()> {
     } else {
         root.join("docs/benchmarks.md")
     };
-    let mut cmd = cargo_command(
-        built,
-        &[
-            "run",
-            "--release",
-            "-p",
-            "weft-tests",
-            "--bin",
-            "weft-bench",
-            "--",
-        ],
-    );
+    let mut cmd = tests_binary(built, "weft-bench");
     cmd.args(opts.quick.then_some("--quick"))
         .arg("--out")
         .arg(&out);

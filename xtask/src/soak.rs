@@ -5,7 +5,7 @@
 
 use anyhow::{Result, bail};
 
-use crate::{build, test::cargo_command, util};
+use crate::{build, test::tests_binary, util};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -24,19 +24,7 @@ pub fn run(opts: &Options) -> Result<()> {
 
 /// Soaks an agent `cargo xtask test` already built.
 pub fn run_built(built: &build::Built, minutes: f64) -> Result<()> {
-    let mut cmd = cargo_command(
-        built,
-        &[
-            "run",
-            "--release",
-            "-p",
-            "weft-tests",
-            "--bin",
-            "weft-soak",
-            "--",
-            "--minutes",
-        ],
-    );
-    cmd.arg(minutes.to_string());
+    let mut cmd = tests_binary(built, "weft-soak");
+    cmd.arg("--minutes").arg(minutes.to_string());
     util::run(&mut cmd)
 }

@@ -69,6 +69,15 @@ fn real_cluster(built: &build::Built, filter: Option<&str>) -> Result<()> {
     util::run(&mut e2e)
 }
 
+/// `cargo run` of one of weft-tests' binaries (release), against the built agent; the
+/// binary's own arguments follow.
+pub fn tests_binary(built: &build::Built, name: &str) -> Command {
+    cargo_command(
+        built,
+        &["run", "--release", "-p", "weft-tests", "--bin", name, "--"],
+    )
+}
+
 /// cargo in the workspace with the environment the tests build and run with.
 pub fn cargo_command(built: &build::Built, args: &[&str]) -> Command {
     let mut cmd = Command::new("cargo");
