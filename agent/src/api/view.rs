@@ -63,6 +63,19 @@ pub struct GovernanceStats {
     pub denials: u64,
 }
 
+impl std::ops::Add for GovernanceStats {
+    type Output = GovernanceStats;
+
+    fn add(self, other: GovernanceStats) -> GovernanceStats {
+        GovernanceStats {
+            limited_open: self.limited_open + other.limited_open,
+            overflows: self.overflows + other.overflows,
+            fault_aborts: self.fault_aborts + other.fault_aborts,
+            denials: self.denials + other.denials,
+        }
+    }
+}
+
 /// Connection totals of one endpoint (or, summed, of a service) since the agent started.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ConnStats {

@@ -327,12 +327,7 @@ fn stats_table(stats: &StatsView) -> String {
     let refused = stats
         .services
         .iter()
-        .fold(GovernanceStats::default(), |sum, s| GovernanceStats {
-            limited_open: sum.limited_open + s.governance.limited_open,
-            overflows: sum.overflows + s.governance.overflows,
-            fault_aborts: sum.fault_aborts + s.governance.fault_aborts,
-            denials: sum.denials + s.governance.denials,
-        });
+        .fold(GovernanceStats::default(), |sum, s| sum + s.governance);
     rows.push(row("TOTAL", &stats.total, &refused));
     render(
         &[
