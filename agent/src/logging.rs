@@ -11,6 +11,12 @@ pub enum LogFormat {
 
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Kernel lines pass whatever the agent's own level: `--kernel-log` chose them already,
+    // in the kernel, where leaving them out is what costs nothing.
+    let filter = match crate::datapath::KERNEL_LOG_TARGET.parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let builder = fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -60,6 +60,15 @@ enum Command {
     },
     /// Connection totals per service since the agent started.
     Stats(Output),
+    /// Sets what the running agent's kernel programs log into its log (no program is
+    /// reloaded; traffic is untouched). `off` stops it.
+    KernelLog {
+        #[arg(value_enum)]
+        level: datapath::KernelLogLevel,
+        /// The running agent's admin socket.
+        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
+        admin_socket: PathBuf,
+    },
     /// Prints shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -105,6 +114,11 @@ struct AgentArgs {
     /// Address of the Prometheus metrics listener.
     #[arg(long, default_value = "127.0.0.1:9464")]
     metrics_addr: SocketAddr,
+    /// What the kernel programs log into the agent's log: `info`, why a connection was
+    /// refused; `debug`, also which endpoint each connect went to; `warn`/`error`, map
+    /// writes that failed. Changes on a running agent with `weft kernel-log LEVEL`.
+    #[arg(long, value_enum, default_value_t = datapath::KernelLogLevel::Off)]
+    kernel_log: datapath::KernelLogLevel,
     #[arg(long, value_enum, default_value_t = logging::LogFormat::Text)]
     log_format: logging::LogFormat,
 }
@@ -169,6 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bpffs_dir: args.bpffs_dir,
                 admin_socket: args.admin_socket,
                 metrics_addr: args.metrics_addr,
+                kernel_log: args.kernel_log,
             })
             // A refusal for want of a capability says which one.
             .map_err(datapath::privileges::explain)?;
@@ -205,6 +220,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output: o,
         } => cli::run(Query::Conns { service, follow }, o.format, o.admin_socket),
         Command::Stats(o) => cli::run(Query::Stats, o.format, o.admin_socket),
+        Command::KernelLog {
+            level,
+            admin_socket,
+        } => cli::set_kernel_log(level, admin_socket),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "weft", &mut std::io::stdout());
             Ok(())

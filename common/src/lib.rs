@@ -214,6 +214,20 @@ pub mod settings {
     /// No live record, no opened/closed events: only connect failures are reported (passive
     /// failure detection needs them).
     pub const CONNECTION_STATS_OFF: u32 = 1;
+    /// Where the kernel-log level sits (`KERNEL_LOG_MASK << KERNEL_LOG_SHIFT`): 0 = off,
+    /// else the most verbose `kernel_log` level the kernel programs write. Agents that
+    /// predate it write 0 there, which turns logging off.
+    pub const KERNEL_LOG_SHIFT: u32 = 8;
+    pub const KERNEL_LOG_MASK: u32 = 0x7;
+}
+
+/// Kernel-log levels as `settings` holds them (aya-log's numbering: the lower, the graver).
+pub mod kernel_log {
+    pub const OFF: u32 = 0;
+    pub const ERROR: u32 = 1;
+    pub const WARN: u32 = 2;
+    pub const INFO: u32 = 3;
+    pub const DEBUG: u32 = 4;
 }
 
 /// Rules one service's `allow` list may hold (checked in order at connect).

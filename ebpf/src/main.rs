@@ -7,6 +7,7 @@
 #![allow(internal_features)]
 
 mod addr;
+mod diag;
 mod events;
 mod govern;
 mod maps;

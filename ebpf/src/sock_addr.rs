@@ -12,7 +12,7 @@ use weft_common::{
 
 use crate::{
     addr::{self, Family},
-    events,
+    diag, events,
     govern::{self, Refusal},
     maps::{REVNAT, SOCK_GOV},
     select::{self, Choice, Chosen, Drawn},
@@ -65,7 +65,10 @@ pub fn forward(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
     let mut drawn = Drawn::default();
     match select::draw(&key, entropy, &mut drawn) {
         Choice::NotService => ALLOW,
-        Choice::NoEndpoint => refuse(ECONNREFUSED),
+        Choice::NoEndpoint => {
+            diag::refused(&key, "the service has no usable endpoint");
+            refuse(ECONNREFUSED)
+        }
         Choice::Endpoint(Chosen {
             mut backend,
             mut backend_id,
@@ -128,6 +131,7 @@ pub fn forward(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
             // connect that fails before its SYN, with no close to follow, leaks none).
             sock_nat::note(ctx, &peer, &translation, fresh);
             addr::write(ctx, family, &endpoint, backend.port);
+            diag::chosen(&key, &backend.addr, backend.port, backend_id);
             ALLOW
         }
     }
@@ -171,6 +175,10 @@ fn governed(
 ) -> Governed {
     if !govern::task_allowed(policy) {
         govern::count_refusal(request.service_id, Refusal::Denied);
+        diag::refused(
+            request.key,
+            "no allow rule of the service matches the client",
+        );
         report_refusal(request, event::DENIED);
         return Governed::Refused(EACCES);
     }
@@ -179,6 +187,7 @@ fn governed(
     }
     if govern::fault_hits(policy) {
         govern::count_refusal(request.service_id, Refusal::Aborted);
+        diag::refused(request.key, "aborted by the service's fault injection");
         report_refusal(request, event::ABORTED);
         return Governed::Refused(policy.abort_errno as i32);
     }
@@ -189,6 +198,11 @@ fn governed(
     if held.is_null() {
         // No memory for the socket's record: its count could never be given back, so it
         // takes none.
+        diag::write_failed(
+            "WEFT_SOCKGOV_V1",
+            "the connection is not counted against its limits",
+            0,
+        );
         return Governed::AsDrawn;
     }
     // SAFETY: the kernel returned this socket's storage; it stays valid for this run.
@@ -213,6 +227,7 @@ fn governed(
             }
         }
         None => {
+            diag::refused(request.key, "every endpoint is at its connection limit");
             report_refusal(request, event::OVERFLOW);
             Governed::Refused(ECONNREFUSED)
         }
@@ -262,6 +277,12 @@ fn remember_service(peer: &Peer, translation: &RevNatValue) -> bool {
     }
     // A full LRU evicts its least recently used entry; failure here only loses the reverse
     // mapping (the socket's own record still has it, if it keeps one).
-    let _ = REVNAT.insert(&key, translation, 0);
+    if let Err(error) = REVNAT.insert(&key, translation, 0) {
+        diag::write_failed(
+            "WEFT_REVNAT_V1",
+            "replies and getpeername show the endpoint, not the service",
+            error.into(),
+        );
+    }
     true
 }

@@ -18,7 +18,7 @@ use weft_common::{
 };
 
 use crate::{
-    addr,
+    addr, diag,
     maps::{REVNAT, SOCK_NAT, count},
     sock_addr::Peer,
     sock_udp,
@@ -40,6 +40,11 @@ fn remember(ctx: &SockAddrContext, peer: &Peer, translation: &RevNatValue) {
     let record = SOCK_NAT.get_or_insert_ptr_mut(ctx, None);
     if record.is_null() {
         // No memory for the record: the entry then lives until the LRU evicts it.
+        diag::write_failed(
+            "WEFT_SOCKNAT_V1",
+            "the socket's reverse-NAT entry outlives it until evicted",
+            0,
+        );
         return;
     }
     // SAFETY: the kernel returned this socket's storage; it stays valid for this run.

@@ -71,7 +71,13 @@ fn on_connect(ctx: &SockOpsContext) {
     }
     let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | STATE_CB_FLAG | RTT_CB_FLAG);
     refresh(ctx, &mut record);
-    let _ = CONNS.insert(&record.cookie, &record, 0);
+    if let Err(error) = CONNS.insert(&record.cookie, &record, 0) {
+        crate::diag::write_failed(
+            "WEFT_CONNS_V1",
+            "the connection has no live record (weft conns misses it)",
+            error.into(),
+        );
+    }
 }
 
 /// A fresh record of this socket (addresses, service, endpoint, times set to now) if the

@@ -19,6 +19,8 @@ pub struct Agent {
     pub tc_interfaces: Vec<String>,
     /// Extra environment of the agent process.
     pub env: Vec<(String, String)>,
+    /// Extra arguments of `weft agent`.
+    pub args: Vec<String>,
     pub dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
@@ -80,6 +82,7 @@ impl Agent {
             kubernetes: None,
             tc_interfaces: Vec::new(),
             env: Vec::new(),
+            args: Vec::new(),
             log: dir.join("agent.log"),
             config: config_path,
             bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/{}", netns.name)),
@@ -117,6 +120,7 @@ impl Agent {
             cmd.args(["--tc-interface", interface]);
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.args(&self.args);
         cmd.arg("--cgroup")
             .arg(&self.cgroup)
             .arg("--bpffs-dir")

@@ -516,3 +516,92 @@ fn counts_of_limits_removed_stay_while_held_and_go_at_the_next_apply_after_the_c
     applied(&mut env, &[2, 3]);
     assert_eq!(kernel_counts(&env), []);
 }
+
+/// The kernel lines `weft agent` logs for this test (`--log-format json`): their messages.
+fn kernel_lines(env: &Env, mark: usize) -> Vec<String> {
+    env.agent().log_text()[mark..]
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["target"] == "weft::kernel")
+        .map(|line| line["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn kernel_log_tells_why_a_connection_was_refused_and_switches_on_a_live_agent() {
+    let Some(mut env) = env("gov-klog", &[2], "    allow:\n      - { uid: 4321 }\n") else {
+        return;
+    };
+    let refused_as_root = |env: &Env| {
+        assert_eq!(refused(env).0, ErrorKind::PermissionDenied);
+    };
+    // Off by default: a refusal writes nothing.
+    let mark = env.agent().log_mark();
+    refused_as_root(&env);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(kernel_lines(&env, mark), Vec::<String>::new());
+
+    // --kernel-log info at start (a restart: the programs are swapped in place).
+    let agent = env.agent_mut();
+    assert!(agent.signal(libc::SIGTERM).success());
+    agent.args = vec!["--kernel-log".into(), "info".into()];
+    let mark = agent.log_mark();
+    agent.spawn();
+    agent.wait_for_log(mark, "config applied", Duration::from_secs(30));
+    let mark = env.agent().log_mark();
+    let started = Instant::now();
+    refused_as_root(&env);
+    let line = env.agent_mut().wait_for_log(
+        mark,
+        "refused: no allow rule of the service matches the client",
+        Duration::from_secs(5),
+    );
+    println!("kernel line {:?} after {:?}", line, started.elapsed());
+    assert!(
+        line.contains(&format!("connect to {SERVICE} by uid 0 refused")),
+        "{line}"
+    );
+    assert!(line.contains("\"level\":\"INFO\""), "{line}");
+    // Info does not say where each connect went.
+    let allowed = |env: &Env| {
+        env.client(|| {
+            // SAFETY: plain syscall on this thread only (see the allow test).
+            let r = unsafe { libc::syscall(libc::SYS_setresuid, 4321, 4321, 4321) };
+            assert_eq!(r, 0, "setresuid");
+            client::connect_once(service())
+                .expect("uid 4321 is allowed")
+                .0
+        })
+    };
+    let mark = env.agent().log_mark();
+    assert_eq!(allowed(&env), "b2");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(kernel_lines(&env, mark), Vec::<String>::new());
+
+    // `weft kernel-log debug` on the live agent: each connect's endpoint too.
+    let agent = env.agent_mut();
+    let out = agent.cli(&["kernel-log", "debug"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "kernel log: debug"
+    );
+    assert_eq!(agent.cli_json(&["status"])["kernel_log"], "debug");
+    let mark = env.agent().log_mark();
+    assert_eq!(allowed(&env), "b2");
+    let line = env.agent_mut().wait_for_log(
+        mark,
+        "sent to endpoint 127.0.0.2:8080",
+        Duration::from_secs(5),
+    );
+    assert!(line.contains(&format!("connect to {SERVICE}")), "{line}");
+
+    // And off again.
+    let out = env.agent().cli(&["kernel-log", "off"]);
+    assert!(out.status.success(), "{out:?}");
+    let mark = env.agent().log_mark();
+    refused_as_root(&env);
+    assert_eq!(allowed(&env), "b2");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(kernel_lines(&env, mark), Vec::<String>::new());
+}

@@ -12,13 +12,13 @@ use axum::{
     extract::{Query, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, put},
 };
 use serde::Deserialize;
 use tokio::{net::UnixListener, sync::broadcast::error::RecvError};
 use tracing::warn;
 
-use super::{ApiError, Shared, event_view};
+use super::{ApiError, Shared, event_view, view::KernelLogView};
 
 #[derive(Deserialize)]
 struct ServiceFilter {
@@ -36,6 +36,7 @@ pub async fn serve(path: PathBuf, shared: Arc<Shared>) -> Result<(), ApiError> {
         .route("/v1/conns", get(conns))
         .route("/v1/conns/follow", get(follow))
         .route("/v1/stats", get(stats))
+        .route("/v1/kernel-log", put(set_kernel_log))
         .with_state(shared);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -73,6 +74,16 @@ pub fn unbind(path: &Path) {
 
 async fn status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     Json(shared.status().await)
+}
+
+async fn set_kernel_log(
+    State(shared): State<Arc<Shared>>,
+    Json(wanted): Json<KernelLogView>,
+) -> impl IntoResponse {
+    shared.set_kernel_log(wanted.level);
+    Json(KernelLogView {
+        level: shared.kernel_log(),
+    })
 }
 
 async fn services(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

@@ -25,7 +25,7 @@ use super::{
     },
 };
 use crate::{
-    datapath::{Flow, Observer},
+    datapath::{Flow, KernelLogLevel, Observer},
     stats::{ConnEvent, Governed, KernelSample, Metrics, Totals, record},
     store::{Installed, ServiceState, Snapshot},
 };
@@ -56,14 +56,18 @@ pub struct Shared {
     /// The last exposition, while someone still holds it: scrapers arriving within `FRESH`
     /// share it, and nothing keeps megabytes of text alive between scrapes.
     exposition: Cache<Weak<String>>,
+    /// The kernel-log level wanted; the control loop writes it to the kernel.
+    kernel_log: watch::Sender<KernelLogLevel>,
 }
 
 impl Shared {
     pub fn new(
         view: watch::Receiver<Arc<Snapshot>>,
         follow: broadcast::Sender<ConnEvent>,
+        kernel_log: watch::Sender<KernelLogLevel>,
     ) -> Shared {
         Shared {
+            kernel_log,
             view,
             info: RwLock::default(),
             metrics: Metrics::new(),
@@ -74,6 +78,15 @@ impl Shared {
             conns: Arc::default(),
             exposition: Arc::default(),
         }
+    }
+
+    pub fn kernel_log(&self) -> KernelLogLevel {
+        *self.kernel_log.borrow()
+    }
+
+    /// Asks for another kernel-log level; the control loop writes it at once.
+    pub fn set_kernel_log(&self, level: KernelLogLevel) {
+        self.kernel_log.send_replace(level);
     }
 
     /// The store's latest snapshot.
@@ -340,6 +353,7 @@ impl Shared {
             reverse_nat_recovered: sample.counters.revnat_recovered,
             config_reloads_ok: self.metrics.config_reloads(true),
             config_reloads_failed: self.metrics.config_reloads(false),
+            kernel_log: self.kernel_log(),
         }
     }
 

@@ -6,6 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::datapath::KernelLogLevel;
+
 /// `weft services -o json`: one per configured service.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ServiceView {
@@ -194,6 +196,15 @@ pub struct StatusView {
     pub reverse_nat_recovered: u64,
     pub config_reloads_ok: u64,
     pub config_reloads_failed: u64,
+    /// What the kernel programs log into the agent's log (`--kernel-log`, `weft kernel-log`).
+    #[serde(default)]
+    pub kernel_log: KernelLogLevel,
+}
+
+/// Body of `PUT /v1/kernel-log`, and its answer.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct KernelLogView {
+    pub level: KernelLogLevel,
 }
 
 /// Whether the datapath is in place: `"installed"`, or `{"missing": "why"}` while the agent

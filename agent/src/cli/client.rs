@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail};
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, body::Bytes, client::conn::http1};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -21,6 +21,15 @@ impl Client {
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        self.send(hyper::Method::GET, path, Bytes::new()).await
+    }
+
+    async fn send(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Bytes,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
             anyhow!(
                 "cannot reach the weft agent at {}: {e} (is `weft agent` running? --admin-socket names another socket)",
@@ -31,13 +40,16 @@ impl Client {
             .await
             .context("talking to the agent")?;
         tokio::spawn(connection);
-        let request = Request::get(path)
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(path)
             .header(hyper::header::HOST, "weft")
-            .body(Empty::<Bytes>::new())?;
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))?;
         let response = sender
             .send_request(request)
             .await
-            .with_context(|| format!("GET {path} from the agent"))?;
+            .with_context(|| format!("{method} {path} from the agent"))?;
         if !response.status().is_success() {
             let status = response.status();
             let body = response.into_body().collect().await?.to_bytes();
@@ -63,6 +75,24 @@ impl Client {
             format!("the agent's answer to {path} is not what this CLI expects")
         })?;
         Ok((body, value))
+    }
+
+    /// Sends `value` as JSON with PUT and decodes the answer.
+    pub async fn put<T: serde::Serialize, A: DeserializeOwned>(
+        &self,
+        path: &str,
+        value: &T,
+    ) -> anyhow::Result<A> {
+        let body = Bytes::from(serde_json::to_vec(value)?);
+        let answer = self
+            .send(hyper::Method::PUT, path, body)
+            .await?
+            .into_body()
+            .collect()
+            .await?
+            .to_bytes();
+        serde_json::from_slice(&answer)
+            .with_context(|| format!("the agent's answer to {path} is not what this CLI expects"))
     }
 
     /// Calls `line` with each line of a streamed answer until the agent ends it.

@@ -10,9 +10,10 @@ use client::Client;
 use table::render;
 
 use crate::api::view::{
-    ConnEventView, ConnPath, ConnView, DatapathView, EndpointRow, GovernanceStats, ServiceView,
-    StatsView, StatusView,
+    ConnEventView, ConnPath, ConnView, DatapathView, EndpointRow, GovernanceStats, KernelLogView,
+    ServiceView, StatsView, StatusView,
 };
+use crate::datapath::KernelLogLevel;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -31,6 +32,17 @@ pub enum Query {
         follow: bool,
     },
     Stats,
+}
+
+/// `weft kernel-log LEVEL`: what the running agent's kernel programs log, from now on.
+pub fn set_kernel_log(level: KernelLogLevel, socket: PathBuf) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answer: KernelLogView =
+        runtime.block_on(Client::new(&socket).put("/v1/kernel-log", &KernelLogView { level }))?;
+    println!("kernel log: {}", answer.level);
+    Ok(())
 }
 
 pub fn run(query: Query, format: Format, socket: PathBuf) -> anyhow::Result<()> {
@@ -136,7 +148,7 @@ fn status_table(s: &StatusView) -> String {
          datapath: {datapath}\n\
          services: {} ({} installed)  endpoints: {}  live connections: {}  events lost: {}\n\
          reverse-NAT entries evicted while in use: {} ({} replies recovered)\n\
-         config reloads: {} ok, {} failed\n\
+         config reloads: {} ok, {} failed  kernel log: {}\n\
          panic mode: {}\n",
         s.version,
         if s.ready { "yes" } else { "no" },
@@ -155,6 +167,7 @@ fn status_table(s: &StatusView) -> String {
         s.reverse_nat_recovered,
         s.config_reloads_ok,
         s.config_reloads_failed,
+        s.kernel_log,
         if s.panicking.is_empty() {
             "none".to_string()
         } else {

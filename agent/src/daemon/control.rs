@@ -21,7 +21,7 @@ use super::{DaemonError, Options};
 use crate::{
     api::{AgentInfo, DatapathHealth, Shared, view::ProgramView},
     config::TcSettings,
-    datapath::{self, ApplyReport, Datapath},
+    datapath::{self, ApplyReport, Datapath, KernelLogLevel, KernelSettings},
     health::{self, ProbeOutcome, ProbeResult, Prober},
     plan::ServicePlan,
     source::{Origin, SourceEvent, SourceKind},
@@ -71,6 +71,8 @@ pub struct Wiring {
     pub shared: Arc<Shared>,
     pub publish: watch::Sender<Arc<Snapshot>>,
     pub follow: broadcast::Sender<ConnEvent>,
+    /// The kernel-log level wanted now (`--kernel-log`, then the admin API).
+    pub kernel_log: watch::Receiver<KernelLogLevel>,
     pub io: Handle,
 }
 
@@ -157,7 +159,7 @@ impl Control {
             datapath,
             store,
             generation: 0,
-            connection_stats: None,
+            kernel_settings: None,
             wiring: self.wiring,
             sinks,
             reader,
@@ -221,8 +223,8 @@ struct Agent {
     prober: Prober,
     /// Config versions applied.
     generation: u64,
-    /// The connection-statistics switch as last written to the kernel.
-    connection_stats: Option<bool>,
+    /// The kernel's switches as last written (none: to be written at the next apply).
+    kernel_settings: Option<KernelSettings>,
     wiring: Wiring,
     sinks: stats::events::Sinks,
     /// The task reading the current datapath's event ring.
@@ -338,6 +340,10 @@ impl Agent {
                     self.check_pins();
                     continue;
                 }
+                Ok(()) = self.wiring.kernel_log.changed() => {
+                    self.write_kernel_settings();
+                    continue;
+                }
             };
             if reloads.changed {
                 self.generation += 1;
@@ -445,13 +451,7 @@ impl Agent {
         if !work.probes.is_empty() {
             self.prober.apply(work.probes);
         }
-        let settings = self.store.stats_settings();
-        if self.connection_stats != Some(settings.connections) {
-            match self.datapath.set_connection_stats(settings.connections) {
-                Ok(()) => self.connection_stats = Some(settings.connections),
-                Err(e) => error!("switching connection statistics: {e}"),
-            }
-        }
+        self.write_kernel_settings();
         let quiet = work.dirty.is_empty()
             && work.removed.is_empty()
             && !matches!(trigger, Trigger::Start | Trigger::Reinstall);
@@ -575,6 +575,36 @@ impl Agent {
         self.wiring.shared.publish_info(info);
     }
 
+    /// Writes the kernel's switches if they differ from what was written last: the
+    /// connection-statistics setting of the config, and the kernel-log level asked for.
+    fn write_kernel_settings(&mut self) {
+        let wanted = KernelSettings {
+            connection_stats: self.store.stats_settings().connections,
+            kernel_log: *self.wiring.kernel_log.borrow(),
+        };
+        let Some(written) = self.kernel_settings.replace(wanted) else {
+            return self.write_settings_now(wanted, None);
+        };
+        if written != wanted {
+            self.write_settings_now(wanted, Some(written));
+        }
+    }
+
+    fn write_settings_now(&mut self, wanted: KernelSettings, before: Option<KernelSettings>) {
+        match self.datapath.write_settings(wanted) {
+            Ok(()) => {
+                let was = before.map_or(KernelLogLevel::Off, |b| b.kernel_log);
+                if was != wanted.kernel_log {
+                    info!(level = %wanted.kernel_log, "kernel log level set");
+                }
+            }
+            Err(e) => {
+                error!("writing the kernel's settings: {e}");
+                self.kernel_settings = None;
+            }
+        }
+    }
+
     /// Checks the pins; if any is gone, reinstalls the datapath. While it cannot, the agent
     /// reports itself not ready and tries at every check.
     fn check_pins(&mut self) {
@@ -594,7 +624,7 @@ impl Agent {
                 self.datapath = datapath;
                 // The new maps are empty (or an earlier agent's): every service is planned.
                 self.store.mark_all_dirty();
-                self.connection_stats = None;
+                self.kernel_settings = None;
                 self.apply(Trigger::Reinstall, Reloads::default());
                 self.set_datapath_health(DatapathHealth::Installed);
                 self.wiring.shared.metrics.datapath_reinstalled();
@@ -681,6 +711,7 @@ fn spawn_reader(
         wiring.shared.set_observer(observer);
     }
     let ring = datapath.take_events();
+    let kernel_log = datapath.take_kernel_log();
     let expiry = datapath.take_flow_expiry();
     let event_sinks = sinks.clone();
     let flow_sinks = sinks.clone();
@@ -695,7 +726,12 @@ fn spawn_reader(
                 expire_flows(expiry, flow_sinks).await;
             }
         };
-        tokio::join!(events, flows);
+        let kernel_lines = async move {
+            if let Some(kernel_log) = kernel_log {
+                kernel_log.run().await;
+            }
+        };
+        tokio::join!(events, flows, kernel_lines);
     })
 }
 

@@ -37,6 +37,8 @@ pub struct Options {
     pub bpffs_dir: PathBuf,
     pub admin_socket: PathBuf,
     pub metrics_addr: SocketAddr,
+    /// What the kernel programs log, until the admin API changes it.
+    pub kernel_log: crate::datapath::KernelLogLevel,
 }
 
 pub struct KubernetesOptions {
@@ -91,11 +93,13 @@ pub fn run(options: Options) -> Result<(), DaemonError> {
     let (publish, view) = watch::channel(Arc::default());
     // Followers that fall this far behind skip ahead (and are told in the agent log).
     let follow = broadcast::channel(1024).0;
-    let shared = Arc::new(Shared::new(view, follow.clone()));
+    let (kernel_log_tx, kernel_log) = watch::channel(options.kernel_log);
+    let shared = Arc::new(Shared::new(view, follow.clone(), kernel_log_tx));
     let wiring = control::Wiring {
         shared,
         publish,
         follow,
+        kernel_log,
         io: io.handle().clone(),
     };
     let result = serve(&io, &options, wiring, stop_rx);

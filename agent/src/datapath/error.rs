@@ -39,6 +39,8 @@ pub enum DatapathError {
         map: &'static str,
         error: Box<aya::maps::MapError>,
     },
+    #[error("the kernel log ring: {}", Chain(&**.0))]
+    KernelLog(Box<aya_log::Error>),
     #[error("map {map} is missing from the kernel object")]
     MissingMap { map: &'static str },
     #[error("no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo)")]

@@ -12,6 +12,7 @@ mod events;
 mod flows;
 mod fs;
 mod install;
+mod kernel_log;
 mod maps;
 mod observe;
 mod pins;
@@ -31,6 +32,7 @@ pub use events::{EventReader, EventRing};
 pub use flows::{Flow, FlowExpiry, FlowState, Sweep, age_ms as flow_age_ms};
 pub use fs::discover_cgroup2_root;
 pub use install::{ApplyFailure, ApplyReport, Counts, Installed, Removal};
+pub use kernel_log::{KernelLogLevel, KernelLogRing, TARGET as KERNEL_LOG_TARGET};
 pub use maps::{Maps, MemoryMaps, WriteFailure};
 pub use observe::{KernelCounters, Observer, TcCounters};
 pub use pins::PinsMissing;
@@ -69,6 +71,7 @@ const TC_MAPS: [&str; 4] = [
 pub struct Datapath {
     maps: maps::KernelMaps,
     events: Option<EventRing>,
+    kernel_log: Option<KernelLogRing>,
     observer: Option<Observer>,
     attachments: Vec<attach::Attachment>,
     tc_attachments: Vec<tc::TcAttachment>,
@@ -136,6 +139,7 @@ impl Datapath {
             map: weft_common::maps::EVENTS,
             error: Box::new(error),
         })?;
+        let kernel_log = Some(KernelLogRing::take(&mut ebpf)?);
         let observer = Some(Observer::take(&mut ebpf, tc_on, &layout.maps)?);
         let policies = policies::Policies::take(&mut ebpf)?;
         let (installed, orphans) = adopt::read_installed(&mut maps)?;
@@ -166,6 +170,7 @@ impl Datapath {
         Ok(Datapath {
             maps,
             events: Some(EventRing(ring)),
+            kernel_log,
             observer,
             attachments,
             tc_attachments,
@@ -182,6 +187,11 @@ impl Datapath {
     /// The connection-event ring, for the task that will read it (once).
     pub fn take_events(&mut self) -> Option<EventRing> {
         self.events.take()
+    }
+
+    /// The kernel programs' log ring, for the task that will forward it (once).
+    pub fn take_kernel_log(&mut self) -> Option<KernelLogRing> {
+        self.kernel_log.take()
     }
 
     /// The read-only view of the kernel-written maps, for whoever serves statistics (once).
@@ -239,15 +249,17 @@ impl Datapath {
         self.installed.contains(id)
     }
 
-    /// Turns the kernel's per-connection records and events on or off; connect failures are
-    /// reported either way.
-    pub fn set_connection_stats(&mut self, on: bool) -> Result<(), DatapathError> {
-        let bits = if on {
+    /// Writes what the kernel programs read at every connection: whether they keep
+    /// per-connection records and events (connect failures are reported either way), and
+    /// what they log.
+    pub fn write_settings(&mut self, settings: KernelSettings) -> Result<(), DatapathError> {
+        let stats_off = if settings.connection_stats {
             0
         } else {
             weft_common::settings::CONNECTION_STATS_OFF
         };
-        self.maps.write_settings(bits)
+        self.maps
+            .write_settings(stats_off | settings.kernel_log.settings_bits())
     }
 
     /// Removes services and writes the planned ones, in commit order. A service whose writes
@@ -314,6 +326,13 @@ impl Datapath {
         self.policies.sweep();
         report
     }
+}
+
+/// The switches the kernel programs read (one word in `WEFT_SETTINGS_V1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelSettings {
+    pub connection_stats: bool,
+    pub kernel_log: KernelLogLevel,
 }
 
 /// Where a bpffs directory keeps maps and links.
