@@ -21,6 +21,8 @@ pub struct Agent {
     pub env: Vec<(String, String)>,
     /// Extra arguments of `weft agent`.
     pub args: Vec<String>,
+    /// The `weft` binary `spawn` starts (the one under test unless a test swaps releases).
+    pub bin: PathBuf,
     pub dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
@@ -33,6 +35,17 @@ pub struct Agent {
 pub struct KubernetesSource {
     pub kubeconfig: PathBuf,
     pub node_name: String,
+}
+
+/// The previous release's `weft` (`WEFT_PREVIOUS_BIN`, which `cargo xtask test` builds from
+/// git history), or why there is none.
+pub fn previous_bin() -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("WEFT_PREVIOUS_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    Err(std::env::var("WEFT_PREVIOUS_ERROR").unwrap_or_else(|_| {
+        "WEFT_PREVIOUS_BIN is not set: `cargo xtask test upgrade` builds the previous release and sets it".into()
+    }))
 }
 
 /// The weft binary under test: `WEFT_BIN` (set by `cargo xtask test`) or the release build.
@@ -83,6 +96,7 @@ impl Agent {
             tc_interfaces: Vec::new(),
             env: Vec::new(),
             args: Vec::new(),
+            bin: weft_bin(),
             log: dir.join("agent.log"),
             config: config_path,
             bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/{}", netns.name)),
@@ -105,7 +119,7 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .expect("opening agent log");
-        let mut cmd = Command::new(weft_bin());
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("agent");
         if self.use_config {
             cmd.arg("--config").arg(&self.config);
@@ -252,6 +266,26 @@ impl Agent {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
         child.wait().expect("waiting for agent")
+    }
+
+    /// Waits for the agent to exit by itself (it is killed after `timeout`, failing the test).
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().expect("agent running");
+            if let Some(status) = child.try_wait().expect("waiting for agent") {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.signal(libc::SIGKILL);
+                panic!(
+                    "the agent did not exit within {timeout:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// `weft reset` in the agent's network namespace (where its TC filters are).

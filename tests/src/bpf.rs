@@ -288,3 +288,33 @@ pub fn tcx_programs(netns: &crate::NetNs, interface: &'static str) -> Vec<String
             .collect()
     })
 }
+
+const BPF_MAP_CREATE: i64 = 0;
+const BPF_OBJ_PIN: i64 = 6;
+const BPF_MAP_TYPE_ARRAY: u64 = 2;
+
+/// Creates a one-entry array map with `value_size`-byte values and pins it at `path` (the
+/// pin holds it until removed): a map of another layout where weft expects its own.
+pub fn pin_array_map(path: &Path, value_size: u32) -> std::io::Result<()> {
+    let mut attr = [0u64; 16];
+    // bpf_attr.map_create: map_type u32, key_size u32, value_size u32, max_entries u32.
+    attr[0] = BPF_MAP_TYPE_ARRAY | (4 << 32);
+    attr[1] = u64::from(value_size) | (1 << 32);
+    let fd = bpf(BPF_MAP_CREATE, &mut attr);
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let pathname = CString::new(path.as_os_str().as_bytes()).expect("no NUL in path");
+    let mut attr = [0u64; 16];
+    // bpf_attr.obj_pin: pathname u64, bpf_fd u32, file_flags u32.
+    attr[0] = pathname.as_ptr() as u64;
+    attr[1] = fd as u64;
+    let rc = bpf(BPF_OBJ_PIN, &mut attr);
+    let error = std::io::Error::last_os_error();
+    // SAFETY: closing the fd the kernel gave us; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+    if rc != 0 {
+        return Err(error);
+    }
+    Ok(())
+}

@@ -9,6 +9,7 @@ mod image;
 mod initramfs;
 mod kernel;
 mod manifests;
+mod previous;
 mod qemu;
 mod run;
 mod setup;

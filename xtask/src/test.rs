@@ -9,7 +9,7 @@ use std::{process::Command, time::Instant};
 
 use anyhow::Result;
 
-use crate::{bench, build, fuzz, image, manifests, setup, soak, util, vm_test};
+use crate::{bench, build, fuzz, image, manifests, previous, setup, soak, util, vm_test};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -107,6 +107,10 @@ pub fn run(opts: &Options) -> Result<()> {
     // cannot be built, its tests fail with the reason and the rest of the suite still runs.
     let wanted = opts.filter.as_deref().is_none_or(|f| f.contains("image"));
     let image = wanted.then(|| image::build_from(&built).map_err(|e| format!("{e:#}")));
+    // The previous release, for the upgrade tests (its build ≈ 3 min from scratch); if it
+    // cannot be built, those tests fail with the reason.
+    let wanted = opts.filter.as_deref().is_none_or(|f| f.contains("upgrade"));
+    let previous = wanted.then(|| previous::build(&built).map_err(|e| format!("{e:#}")));
     let cargo = |args: &[&str]| cargo_command(&built, args);
     if !opts.no_lint {
         util::run(&mut cargo(&["fmt", "--all", "--", "--check"]))?;
@@ -139,6 +143,15 @@ pub fn run(opts: &Options) -> Result<()> {
         }
         Some(Err(error)) => {
             e2e.env("WEFT_IMAGE_ERROR", error);
+        }
+        None => {}
+    }
+    match &previous {
+        Some(Ok(agent)) => {
+            e2e.env("WEFT_PREVIOUS_BIN", agent);
+        }
+        Some(Err(error)) => {
+            e2e.env("WEFT_PREVIOUS_ERROR", error);
         }
         None => {}
     }

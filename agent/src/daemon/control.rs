@@ -287,6 +287,8 @@ impl Agent {
         self.first_probe_round(&mut probe_rx, probing).await;
         self.generation = 1;
         self.apply(Trigger::Start, Reloads::default());
+        // Programs held back until maps new to this node were filled go in now.
+        self.datapath.attach_held_back()?;
         if self.pending.is_empty() {
             self.all_synced();
         } else {
@@ -626,6 +628,9 @@ impl Agent {
                 self.store.mark_all_dirty();
                 self.kernel_settings = None;
                 self.apply(Trigger::Reinstall, Reloads::default());
+                if let Err(e) = self.datapath.attach_held_back() {
+                    error!("attaching the reinstalled datapath's programs: {e}");
+                }
                 self.set_datapath_health(DatapathHealth::Installed);
                 self.wiring.shared.metrics.datapath_reinstalled();
                 self.last_reinstall_error = None;

@@ -39,6 +39,11 @@ pub enum DatapathError {
         map: &'static str,
         error: Box<aya::maps::MapError>,
     },
+    #[error(
+        "{}: made by another release of weft whose layout differs (a newer one, if this is a downgrade). Nothing was changed; the programs in place keep serving. Run a release that knows this layout, or `weft reset` and start again (live connections lose their state)",
+        .0.iter().map(|m| format!("pinned map {} has layout {}, this agent needs {}", m.map, m.pinned, m.expected)).collect::<Vec<_>>().join("; ")
+    )]
+    PinnedLayout(Vec<super::pinned_layout::LayoutMismatch>),
     #[error("the kernel log ring: {}", Chain(&**.0))]
     KernelLog(Box<aya_log::Error>),
     #[error("map {map} is missing from the kernel object")]

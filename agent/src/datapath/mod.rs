@@ -15,6 +15,7 @@ mod install;
 mod kernel_log;
 mod maps;
 mod observe;
+mod pinned_layout;
 mod pins;
 mod policies;
 pub mod privileges;
@@ -68,6 +69,23 @@ const TC_MAPS: [&str; 4] = [
     weft_common::maps::TC_COUNTERS,
 ];
 
+/// Maps the agent writes from its sources alone (nothing in them comes from the kernel).
+const FILLED_FROM_SOURCES: [&str; 3] = [
+    weft_common::maps::SERVICES,
+    weft_common::maps::BACKENDS,
+    weft_common::maps::MAGLEV,
+];
+
+/// Where a datapath's programs attach.
+struct Unattached {
+    bpffs_dir: PathBuf,
+    cgroup: PathBuf,
+    tc_interfaces: Vec<String>,
+}
+
+/// Maps whose entry count the agent sets at load (a pinned one keeps its own).
+const SIZED_BY_AGENT: [&str; 2] = [weft_common::maps::FLOWS, weft_common::maps::FRAGS];
+
 pub struct Datapath {
     maps: maps::KernelMaps,
     events: Option<EventRing>,
@@ -84,6 +102,8 @@ pub struct Datapath {
     flow_table_entries: Option<u32>,
     installed: Installed,
     pins: pins::Pins,
+    /// Where the programs go, while `open` holds them back (see `attach_held_back`).
+    unattached: Option<Unattached>,
     /// Holds the programs (and the links it manages) for the agent's lifetime.
     _ebpf: Ebpf,
 }
@@ -97,6 +117,8 @@ impl Datapath {
         }
         fs::raise_memlock_limit();
         let layout = fs::Layout::create(&options.bpffs_dir)?;
+        // Before anything is created or swapped: a pinned map of another layout stops here.
+        pinned_layout::check(OBJECT, &layout.maps, &SIZED_BY_AGENT)?;
         let tc_on = !options.tc_interfaces.is_empty();
         let mut flow_table_entries = None;
         let mut loader = EbpfLoader::new();
@@ -115,20 +137,19 @@ impl Datapath {
         } else {
             remove_tc_maps(&layout.maps)?;
         }
+        // Maps the agent fills from its sources: if one is not pinned while an earlier
+        // agent's programs serve (the running release named it otherwise: its layout
+        // changed), swapping the programs in now would send them to an empty map. They are
+        // swapped in once the first apply has filled it; until then the programs in place
+        // keep serving from their own maps.
+        let links_pinned = attach::all_programs().any(|name| layout.links.join(name).exists());
+        let fresh: Vec<&str> = FILLED_FROM_SOURCES
+            .into_iter()
+            .filter(|name| !layout.maps.join(name).exists())
+            .collect();
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|error| DatapathError::Load(Box::new(error)))?;
-        let attachments = attach::attach_all(&mut ebpf, &options.cgroup, &layout.links)?;
-        for attachment in &attachments {
-            info!(
-                program = attachment.program,
-                adopted = attachment.adopted,
-                "program attached"
-            );
-        }
-        let tc_mode = TcMode::detect();
-        let tc_attachments =
-            tc::attach_all(&mut ebpf, &options.tc_interfaces, &layout.links, tc_mode)?;
         let mut maps = maps::KernelMaps::take(&mut ebpf)?;
         let ring = ebpf
             .take_map(weft_common::maps::EVENTS)
@@ -165,23 +186,70 @@ impl Datapath {
         } else {
             (None, None)
         };
-        let tc_pins = tc_attachments.iter().filter_map(|a| a.pin.clone());
-        let pins = pins::Pins::record(&options.bpffs_dir, tc_pins, tc_on.then_some(&TC_MAPS[..]));
-        Ok(Datapath {
+        let mut datapath = Datapath {
             maps,
             events: Some(EventRing(ring)),
             kernel_log,
             observer,
-            attachments,
-            tc_attachments,
+            attachments: Vec::new(),
+            tc_attachments: Vec::new(),
             vips,
             policies,
             flow_expiry,
             flow_table_entries,
             installed,
-            pins,
+            pins: pins::Pins::record(&options.bpffs_dir, std::iter::empty(), None),
+            unattached: None,
             _ebpf: ebpf,
-        })
+        };
+        let target = Unattached {
+            bpffs_dir: options.bpffs_dir.clone(),
+            cgroup: options.cgroup.clone(),
+            tc_interfaces: options.tc_interfaces.clone(),
+        };
+        if links_pinned && !fresh.is_empty() {
+            info!(
+                maps = fresh.join(","),
+                "maps new to this node (the running programs know them by another name): the programs in place keep serving until this agent has filled them"
+            );
+            datapath.unattached = Some(target);
+        } else {
+            datapath.attach(&target)?;
+        }
+        Ok(datapath)
+    }
+
+    /// Swaps this agent's programs in (or attaches them), and records the pins.
+    fn attach(&mut self, target: &Unattached) -> Result<(), DatapathError> {
+        let links = links_dir(&target.bpffs_dir);
+        let attachments = attach::attach_all(&mut self._ebpf, &target.cgroup, &links)?;
+        for attachment in &attachments {
+            info!(
+                program = attachment.program,
+                adopted = attachment.adopted,
+                "program attached"
+            );
+        }
+        let tc_mode = TcMode::detect();
+        let tc_attachments =
+            tc::attach_all(&mut self._ebpf, &target.tc_interfaces, &links, tc_mode)?;
+        let tc_on = !target.tc_interfaces.is_empty();
+        let tc_pins = tc_attachments.iter().filter_map(|a| a.pin.clone());
+        self.pins = pins::Pins::record(&target.bpffs_dir, tc_pins, tc_on.then_some(&TC_MAPS[..]));
+        self.attachments = attachments;
+        self.tc_attachments = tc_attachments;
+        Ok(())
+    }
+
+    /// Swaps the programs in if `open` held them back until the maps were filled (call after
+    /// the first apply). Does nothing otherwise.
+    pub fn attach_held_back(&mut self) -> Result<(), DatapathError> {
+        let Some(target) = self.unattached.take() else {
+            return Ok(());
+        };
+        self.attach(&target)?;
+        info!("maps filled; this agent's programs swapped in");
+        Ok(())
     }
 
     /// The connection-event ring, for the task that will read it (once).
