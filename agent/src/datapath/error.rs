@@ -44,6 +44,8 @@ pub enum DatapathError {
         .0.iter().map(|m| format!("pinned map {} has layout {}, this agent needs {}", m.map, m.pinned, m.expected)).collect::<Vec<_>>().join("; ")
     )]
     PinnedLayout(Vec<super::pinned_layout::LayoutMismatch>),
+    #[error("{0}")]
+    KernelLacks(String),
     #[error("the kernel log ring: {}", Chain(&**.0))]
     KernelLog(Box<aya_log::Error>),
     #[error("map {map} is missing from the kernel object")]

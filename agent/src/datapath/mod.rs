@@ -9,6 +9,7 @@ mod batch;
 mod clsact;
 mod error;
 mod events;
+mod features;
 mod flows;
 mod fs;
 mod install;
@@ -116,6 +117,10 @@ impl Datapath {
             return Err(DatapathError::NoObject);
         }
         fs::raise_memlock_limit();
+        let missing = features::missing();
+        if !missing.is_empty() {
+            return Err(DatapathError::KernelLacks(features::refusal(&missing)));
+        }
         let layout = fs::Layout::create(&options.bpffs_dir)?;
         // Before anything is created or swapped: a pinned map of another layout stops here.
         pinned_layout::check(OBJECT, &layout.maps, &SIZED_BY_AGENT)?;
