@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{build, util};
 
 /// Every target, as `fuzz/Cargo.toml` names its binaries.
-pub const TARGETS: &[&str] = &["config", "planner", "events", "kubernetes"];
+pub const TARGETS: &[&str] = &["config", "planner", "events", "kubernetes", "admin"];
 
 /// What cargo-fuzz passes rustc: libFuzzer's coverage feedback (8-bit counters, PC table,
 /// compared values), `cfg(fuzzing)`, and the checks a release build drops.

@@ -29,7 +29,19 @@ struct ServiceFilter {
 /// until the process exits.
 pub async fn serve(path: PathBuf, shared: Arc<Shared>) -> Result<(), ApiError> {
     let listener = bind(&path).await?;
-    let app = Router::new()
+    let app = router(shared);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!(error = %e, "admin API stopped");
+        }
+    });
+    Ok(())
+}
+
+/// The admin API's routes over `shared` (public for the fuzz target that feeds it any
+/// request line).
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
         .route("/v1/status", get(status))
         .route("/v1/services", get(services))
         .route("/v1/endpoints", get(endpoints))
@@ -37,13 +49,7 @@ pub async fn serve(path: PathBuf, shared: Arc<Shared>) -> Result<(), ApiError> {
         .route("/v1/conns/follow", get(follow))
         .route("/v1/stats", get(stats))
         .route("/v1/kernel-log", put(set_kernel_log))
-        .with_state(shared);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            warn!(error = %e, "admin API stopped");
-        }
-    });
-    Ok(())
+        .with_state(shared)
 }
 
 async fn bind(path: &Path) -> Result<UnixListener, ApiError> {
