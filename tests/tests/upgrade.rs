@@ -118,7 +118,7 @@ fn exchange(env: &Env, stream: TcpStream, bytes: usize) -> TcpStream {
 }
 
 #[test]
-fn the_previous_release_is_replaced_under_load_and_back_without_a_failed_connect() {
+fn upgrade_from_the_previous_release_and_back_under_load_fails_no_connect() {
     let test = "upgrade";
     let Some(previous) = previous(test) else {
         return;
@@ -172,7 +172,7 @@ fn the_previous_release_is_replaced_under_load_and_back_without_a_failed_connect
 }
 
 #[test]
-fn maps_new_to_the_node_are_filled_before_the_programs_that_read_them_go_in() {
+fn upgrade_fills_maps_new_to_the_node_before_the_programs_that_read_them_go_in() {
     let Some(mut env) = env("upgrade-fresh", agent::weft_bin()) else {
         return;
     };
@@ -206,7 +206,7 @@ fn maps_new_to_the_node_are_filled_before_the_programs_that_read_them_go_in() {
 }
 
 #[test]
-fn a_pinned_map_of_an_unknown_layout_stops_the_agent_and_not_the_traffic() {
+fn upgrade_refuses_a_pinned_map_of_an_unknown_layout_and_traffic_flows_on() {
     let Some(mut env) = env("upgrade-layout", agent::weft_bin()) else {
         return;
     };
