@@ -19,6 +19,11 @@ use weft::{
     store::Store,
 };
 
+#[derive(serde::Deserialize)]
+struct Filter {
+    service: Option<String>,
+}
+
 /// Two services for the filters to find (or not).
 const CONFIG: &str = "services:
   - name: web
@@ -91,15 +96,16 @@ fuzz_target!(|data: &[u8]| {
             .to_bytes();
         let value: serde_json::Value =
             serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{uri}: not JSON: {e}"));
+        // The filter as the API reads it (the same query decoding), if it names a service.
         if route == "/v1/endpoints"
             && let Some(rows) = value.as_array()
+            && let Some(query) = uri.split_once('?').map(|(_, q)| q)
+            && let Ok(Filter {
+                service: Some(name),
+            }) = serde_urlencoded::from_str::<Filter>(query)
         {
             let services: Vec<&str> = rows.iter().filter_map(|r| r["service"].as_str()).collect();
-            for name in ["web", "db"] {
-                if uri.ends_with(&format!("?service={name}")) {
-                    assert!(services.iter().all(|s| *s == name), "{uri}: {services:?}");
-                }
-            }
+            assert!(services.iter().all(|s| *s == name), "{uri}: {services:?}");
         }
         if put {
             assert_eq!(value["level"], shared.kernel_log().as_str());

@@ -597,8 +597,11 @@ fn kernel_log_tells_why_a_connection_was_refused_and_switches_on_a_live_agent() 
     assert!(line.contains(&format!("connect to {SERVICE}")), "{line}");
 
     // And off again.
-    let out = env.agent().cli(&["kernel-log", "off"]);
+    let agent = env.agent_mut();
+    let mark = agent.log_mark();
+    let out = agent.cli(&["kernel-log", "off"]);
     assert!(out.status.success(), "{out:?}");
+    agent.wait_for_log(mark, "kernel log level set", Duration::from_secs(5));
     let mark = env.agent().log_mark();
     refused_as_root(&env);
     assert_eq!(allowed(&env), "b2");

@@ -287,8 +287,6 @@ impl Agent {
         self.first_probe_round(&mut probe_rx, probing).await;
         self.generation = 1;
         self.apply(Trigger::Start, Reloads::default());
-        // Programs held back until maps new to this node were filled go in now.
-        self.datapath.attach_held_back()?;
         if self.pending.is_empty() {
             self.all_synced();
         } else {
@@ -340,6 +338,9 @@ impl Agent {
                 }
                 _ = pin_check.tick() => {
                     self.check_pins();
+                    if self.pending.is_empty() {
+                        self.attach_held_back();
+                    }
                     continue;
                 }
                 Ok(()) = self.wiring.kernel_log.changed() => {
@@ -414,6 +415,9 @@ impl Agent {
     /// more goes now, not before (a slow source must not flush the kernel's tables), and the
     /// agent is ready.
     fn all_synced(&mut self) {
+        // Programs held back until maps new to this node were filled go in now that every
+        // source has delivered what it had.
+        self.attach_held_back();
         let store = &self.store;
         let strays = self.datapath.remove_strays(|id| store.get(id).is_some());
         if strays.services_removed > 0 {
@@ -577,6 +581,26 @@ impl Agent {
         self.wiring.shared.publish_info(info);
     }
 
+    /// Swaps in the programs the datapath held back (see `Datapath::attach_held_back`); a
+    /// failure is retried at every pin check, and the agent is not ready meanwhile.
+    fn attach_held_back(&mut self) {
+        if !self.datapath.holds_back() {
+            return;
+        }
+        match self.datapath.attach_held_back() {
+            Ok(()) => {
+                self.set_datapath_health(DatapathHealth::Installed);
+                self.publish(false);
+            }
+            Err(e) => {
+                error!("swapping in the programs, retrying every second: {e}");
+                self.set_datapath_health(DatapathHealth::Missing(format!(
+                    "programs not swapped in: {e}"
+                )));
+            }
+        }
+    }
+
     /// Writes the kernel's switches if they differ from what was written last: the
     /// connection-statistics setting of the config, and the kernel-log level asked for.
     fn write_kernel_settings(&mut self) {
@@ -628,8 +652,8 @@ impl Agent {
                 self.store.mark_all_dirty();
                 self.kernel_settings = None;
                 self.apply(Trigger::Reinstall, Reloads::default());
-                if let Err(e) = self.datapath.attach_held_back() {
-                    error!("attaching the reinstalled datapath's programs: {e}");
+                if self.pending.is_empty() {
+                    self.attach_held_back();
                 }
                 self.set_datapath_health(DatapathHealth::Installed);
                 self.wiring.shared.metrics.datapath_reinstalled();

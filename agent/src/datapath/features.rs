@@ -41,7 +41,7 @@ const ATTACH_INET_SOCK_RELEASE: u32 = 34;
 const MAP_TYPE_RINGBUF: u32 = 27;
 const HELPER_SET_RETVAL: i32 = 187;
 
-/// What weft's programs need, oldest first (the README's kernel table lists the same).
+/// What weft's programs need (the README's kernel table lists the same).
 pub const REQUIRED: [Feature; 5] = [
     Feature {
         name: "BPF atomic operations that fetch (BPF ISA v3)",

@@ -71,10 +71,11 @@ const TC_MAPS: [&str; 4] = [
 ];
 
 /// Maps the agent writes from its sources alone (nothing in them comes from the kernel).
-const FILLED_FROM_SOURCES: [&str; 3] = [
+const FILLED_FROM_SOURCES: [&str; 4] = [
     weft_common::maps::SERVICES,
     weft_common::maps::BACKENDS,
     weft_common::maps::MAGLEV,
+    weft_common::maps::POLICY,
 ];
 
 /// Where a datapath's programs attach.
@@ -122,9 +123,11 @@ impl Datapath {
             return Err(DatapathError::KernelLacks(features::refusal(&missing)));
         }
         let layout = fs::Layout::create(&options.bpffs_dir)?;
-        // Before anything is created or swapped: a pinned map of another layout stops here.
-        pinned_layout::check(OBJECT, &layout.maps, &SIZED_BY_AGENT)?;
         let tc_on = !options.tc_interfaces.is_empty();
+        // Before anything is created or swapped: a pinned map of another layout stops here
+        // (not the TC maps when the TC path is off: they are removed below).
+        let unused: &[&str] = if tc_on { &[] } else { &TC_MAPS };
+        pinned_layout::check(OBJECT, &layout.maps, &SIZED_BY_AGENT, unused)?;
         let mut flow_table_entries = None;
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&layout.maps);
@@ -252,9 +255,17 @@ impl Datapath {
         let Some(target) = self.unattached.take() else {
             return Ok(());
         };
-        self.attach(&target)?;
+        if let Err(error) = self.attach(&target) {
+            self.unattached = Some(target);
+            return Err(error);
+        }
         info!("maps filled; this agent's programs swapped in");
         Ok(())
+    }
+
+    /// Whether `open` held the programs back and they are not swapped in yet.
+    pub fn holds_back(&self) -> bool {
+        self.unattached.is_some()
     }
 
     /// The connection-event ring, for the task that will read it (once).

@@ -45,12 +45,20 @@ pub struct LayoutMismatch {
 
 /// Checks each map of `object` pinned under `maps_dir`. `sized_by_agent` are maps whose
 /// entry count the agent chooses (and keeps from the pin), so only their entry count may
-/// differ.
-pub fn check(object: &[u8], maps_dir: &Path, sized_by_agent: &[&str]) -> Result<(), DatapathError> {
+/// differ; `unused` are not checked (the agent removes their pins).
+pub fn check(
+    object: &[u8],
+    maps_dir: &Path,
+    sized_by_agent: &[&str],
+    unused: &[&str],
+) -> Result<(), DatapathError> {
     let parsed = aya_obj::Object::parse(object)
         .map_err(|error| DatapathError::Load(Box::new(aya::EbpfError::ParseError(error))))?;
     let mut mismatches = Vec::new();
     for (name, map) in &parsed.maps {
+        if unused.contains(&name.as_str()) {
+            continue;
+        }
         let Ok(info) = MapInfo::from_pin(maps_dir.join(name)) else {
             continue;
         };
