@@ -701,9 +701,18 @@ impl Report {
             std::fs::create_dir_all(dir)?;
         }
         std::fs::write(&chart, self.svg())?;
-        std::fs::write(path, self.markdown(&chart_name))
+        // The soak's figures come from `cargo xtask soak`, not from here: a new report keeps
+        // them.
+        let kept = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|old| old.find(SOAK_HEADING).map(|at| old[at..].to_string()))
+            .unwrap_or_default();
+        std::fs::write(path, self.markdown(&chart_name) + &kept)
     }
 }
+
+/// Where the soak's section of the report starts (written by hand from a long soak).
+const SOAK_HEADING: &str = "\n## Soak";
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
