@@ -37,17 +37,6 @@ pub struct KubernetesSource {
     pub node_name: String,
 }
 
-/// The previous release's `weft` (`WEFT_PREVIOUS_BIN`, which `cargo xtask test` builds from
-/// git history), or why there is none.
-pub fn previous_bin() -> Result<PathBuf, String> {
-    if let Some(bin) = std::env::var_os("WEFT_PREVIOUS_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
-    Err(std::env::var("WEFT_PREVIOUS_ERROR").unwrap_or_else(|_| {
-        "WEFT_PREVIOUS_BIN is not set: `cargo xtask test upgrade` builds the previous release and sets it".into()
-    }))
-}
-
 /// The weft binary under test: `WEFT_BIN` (set by `cargo xtask test`) or the release build.
 pub fn weft_bin() -> PathBuf {
     std::env::var_os("WEFT_BIN")

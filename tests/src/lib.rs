@@ -75,6 +75,24 @@ pub fn privileged(name: &str) -> bool {
     false
 }
 
+/// Something `cargo xtask test` prepares for a test (the OCI image, the previous release):
+/// the path in `var`. If xtask could not prepare it (`{var}_ERROR` holds why), the test
+/// fails with the reason; without it, the test fails under CI=true and is skipped (loudly)
+/// elsewhere. `what` names it and `hint` says how to get it.
+pub fn prepared(test: &str, var: &str, what: &str, hint: &str) -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os(var) {
+        return Some(path.into());
+    }
+    if let Ok(error) = std::env::var(format!("{var}_ERROR")) {
+        panic!("{test}: preparing {what} failed: {error}");
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: {var} is not set (CI=true, so this is a failure); {hint}");
+    }
+    eprintln!("SKIPPED {test}: needs {what}; {hint}");
+    None
+}
+
 impl Env {
     pub fn agent(&self) -> &Agent {
         self.agent.as_ref().expect("agent started")

@@ -13,22 +13,14 @@ use std::{
 
 use support::{CONFIG, Launched};
 
-/// The archive under test. If `cargo xtask test` could not build it, fails with the reason;
-/// without one, fails under CI=true and is skipped (loudly) elsewhere.
+/// The archive under test (see `weft_tests::prepared`).
 fn archive(test: &str) -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("WEFT_IMAGE") {
-        return Some(PathBuf::from(path));
-    }
-    if let Ok(error) = std::env::var("WEFT_IMAGE_ERROR") {
-        panic!("{test}: `cargo xtask image` failed: {error}");
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "{test}: WEFT_IMAGE is not set (CI=true, so this is a failure); run `cargo xtask test`"
-        );
-    }
-    eprintln!("SKIPPED {test}: needs the image; run `cargo xtask test image`");
-    None
+    weft_tests::prepared(
+        test,
+        "WEFT_IMAGE",
+        "the image",
+        "run `cargo xtask test image`",
+    )
 }
 
 fn run(cmd: &mut Command) -> String {

@@ -31,21 +31,14 @@ fn service() -> SocketAddr {
     SERVICE.parse().unwrap()
 }
 
-/// The previous release's binary; without it the test fails if it was meant to run (CI, or
-/// its build failed) and is skipped loudly otherwise.
+/// The previous release's binary, which `cargo xtask test` builds from git history.
 fn previous(test: &str) -> Option<PathBuf> {
-    match agent::previous_bin() {
-        Ok(bin) => Some(bin),
-        Err(why) => {
-            if std::env::var_os("WEFT_PREVIOUS_ERROR").is_some()
-                || std::env::var("CI").is_ok_and(|v| v == "true")
-            {
-                panic!("{test}: no previous release: {why}");
-            }
-            eprintln!("SKIPPED {test}: {why}");
-            None
-        }
-    }
+    weft_tests::prepared(
+        test,
+        "WEFT_PREVIOUS_BIN",
+        "the previous release",
+        "run `cargo xtask test upgrade`",
+    )
 }
 
 fn env(name: &str, bin: PathBuf) -> Option<Env> {

@@ -152,7 +152,7 @@ pub fn run(opts: &Options) -> Result<()> {
             e2e.env("WEFT_PREVIOUS_BIN", agent);
         }
         Some(Err(error)) => {
-            e2e.env("WEFT_PREVIOUS_ERROR", error);
+            e2e.env("WEFT_PREVIOUS_BIN_ERROR", error);
         }
         None => {}
     }

@@ -608,26 +608,20 @@ impl Agent {
             connection_stats: self.store.stats_settings().connections,
             kernel_log: *self.wiring.kernel_log.borrow(),
         };
-        let Some(written) = self.kernel_settings.replace(wanted) else {
-            return self.write_settings_now(wanted, None);
-        };
-        if written != wanted {
-            self.write_settings_now(wanted, Some(written));
+        if self.kernel_settings == Some(wanted) {
+            return;
         }
-    }
-
-    fn write_settings_now(&mut self, wanted: KernelSettings, before: Option<KernelSettings>) {
-        match self.datapath.write_settings(wanted) {
-            Ok(()) => {
-                let was = before.map_or(KernelLogLevel::Off, |b| b.kernel_log);
-                if was != wanted.kernel_log {
-                    info!(level = %wanted.kernel_log, "kernel log level set");
-                }
-            }
-            Err(e) => {
-                error!("writing the kernel's settings: {e}");
-                self.kernel_settings = None;
-            }
+        if let Err(e) = self.datapath.write_settings(wanted) {
+            error!("writing the kernel's settings: {e}");
+            self.kernel_settings = None;
+            return;
+        }
+        let was = self
+            .kernel_settings
+            .replace(wanted)
+            .map_or(KernelLogLevel::Off, |before| before.kernel_log);
+        if was != wanted.kernel_log {
+            info!(level = %wanted.kernel_log, "kernel log level set");
         }
     }
 
